@@ -1,0 +1,3 @@
+from metis_rt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""Exception types. Every error says what was expected, what arrived and what to do."""
+
+from __future__ import annotations
+
+
+class MetisError(Exception):
+    """Base class of all errors raised deliberately by metis-rt."""
+
+
+class ConfigError(MetisError):
+    """A configuration file or override is malformed or names an unknown key."""
+
+
+class CheckpointError(MetisError):
+    """A checkpoint file does not match the architecture it is loaded into."""
+
+
+class MissingWeightsError(MetisError):
+    """Model files are absent from a model directory."""
+
+    def __init__(self, model_dir: str, missing: list[str], hint: str):
+        self.model_dir = model_dir
+        self.missing = list(missing)
+        listing = "\n".join(f"  - {m}" for m in self.missing)
+        super().__init__(f"model directory {model_dir!r} lacks {len(self.missing)} file(s):\n{listing}\n{hint}")
+
+
+class AudioInputError(MetisError):
+    """An audio input is unusable (format, length, silence, clipping, NaN...)."""

@@ -1,0 +1,155 @@
+"""Masked generative (MaskGIT-style) iterative decoding shared by Metis stage 1 and MaskGCT S2A.
+
+The algorithm follows the official ``reverse_diffusion`` loops exactly:
+
+* timesteps ``t_i = 1 - i/steps`` (materialised as float32), cosine schedule: after step i,
+  ``n_next = int(float32(sin(float32(t_{i+1}) * pi/2)) * T)`` positions are re-masked (0 ends the loop);
+* logits are top-k filtered, ``k = ceil((1 - filter_thres) * V)``;
+* sampling ``argmax(logits / max(temp_i, 1e-3) + g)`` with ``temp_i = temperature * t_i``; the last step of a
+  multi-step loop is greedy; a single-step loop samples at temperature 0.2;
+* only masked positions take the new ids; the confidence ``p`` = softmax(filtered logits)[id];
+  score ``1 - (p + t_i * g')``; committed positions are never re-masked; the ``n_next`` highest scores
+  are re-masked.
+
+``g`` and ``g'`` come from an injectable :class:`NoiseSource`: :class:`GumbelNoise` (sampling) or
+:class:`ZeroNoise` (noise-free, deterministic decoding as in the parity vectors).
+
+Batching: all rows share T (so the schedule is shared); CFG statistics are per row (see :func:`apply_cfg`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from metis_rt.models.checkpoints import compute_dtype
+
+GUMBEL_EPS = 1e-10
+MIN_TEMPERATURE = 1e-3
+SINGLE_STEP_TEMPERATURE = 0.2
+CHOICE_TEMPERATURE = 1.0
+
+
+class NoiseSource(Protocol):
+    def gumbel(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        """Gumbel(0, 1) noise of ``shape`` with the dtype/device of ``like``."""
+
+
+class ZeroNoise:
+    """Noise-free decoding: every Gumbel draw is exactly 0."""
+
+    def gumbel(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+
+
+class GumbelNoise:
+    """``-log(-log(u + eps) + eps)`` with ``u ~ U(0, 1)`` from a seeded generator."""
+
+    def __init__(self, seed: int | None = None, device: torch.device | str = "cpu"):
+        self.generator = torch.Generator(device=device)
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def gumbel(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(shape, generator=self.generator, device=self.generator.device, dtype=torch.float32)
+        u = u.to(device=like.device, dtype=like.dtype)
+        return -torch.log(-torch.log(u + GUMBEL_EPS) + GUMBEL_EPS)
+
+
+def top_k_filter(logits: torch.Tensor, filter_thres: float) -> torch.Tensor:
+    """Keep the ``ceil((1 - filter_thres) * V)`` largest logits of the last axis, set the rest to -inf."""
+    k = math.ceil((1 - filter_thres) * logits.shape[-1])
+    values, indices = logits.topk(k, dim=-1)
+    out = torch.full_like(logits, float("-inf"))
+    return out.scatter_(-1, indices, values)
+
+
+def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, rescale: float) -> torch.Tensor:
+    """Classifier-free guidance on hidden states with std rescaling.
+
+    ``g = e + cfg (e - u)``; ``out = rescale * g * std(e)/std(g) + (1 - rescale) * g``. The reference takes one
+    unbiased std over the whole tensor (B = 1 there); we take it per batch row (dims 1..), which is identical
+    for B = 1 and keeps rows independent when several streams are batched.
+    """
+    dims = tuple(range(1, cond.dim()))
+    guided = cond + cfg * (cond - uncond)
+    ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return rescale * guided * ratio + (1 - rescale) * guided
+
+
+def timesteps(steps: int) -> list[float]:
+    """``[1 - i/steps for i in range(steps)] + [0]`` as the reference builds it."""
+    h = 1.0 / steps
+    return [1.0 - i * h for i in range(steps)] + [0.0]
+
+
+def next_mask_count(t_next: float, length: int) -> int:
+    """Number of positions masked after a step (float32 arithmetic with truncation, as the reference)."""
+    t32 = torch.tensor(t_next, dtype=torch.float32)
+    return int((torch.sin(t32 * math.pi / 2) * length).long().item())
+
+
+def mask_schedule(steps: int, length: int) -> list[int]:
+    ts = timesteps(steps)
+    return [next_mask_count(ts[i + 1], length) for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    steps: int
+    temperature: float
+    filter_thres: float
+
+
+# (seq [B, T] ids, mask [B, T] bool = still masked, t [B] float32 timesteps) -> filtered-or-raw logits [B, T, V]
+PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def masked_decode(
+    predict: PredictFn,
+    batch: int,
+    length: int,
+    params: SamplingParams,
+    noise: NoiseSource,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """Iteratively fill ``length`` masked positions per row; returns ids [B, T] (int64)."""
+    seq = torch.zeros(batch, length, dtype=torch.long, device=device)
+    mask = torch.ones(batch, length, dtype=torch.bool, device=device)
+    if length == 0:
+        return seq
+    ts = timesteps(params.steps)
+    for i in range(params.steps):
+        t = torch.full((batch,), ts[i], dtype=torch.float32, device=device)
+        logits = top_k_filter(predict(seq, mask, t), params.filter_thres)
+        ids = _sample(logits, i, params, ts[i], noise)
+        seq = torch.where(mask, ids, seq)
+        n_next = next_mask_count(ts[i + 1], length)
+        if n_next == 0:
+            break
+        work = compute_dtype(logits.dtype)
+        probs = torch.softmax(logits.to(work), dim=-1)
+        p = probs.gather(-1, ids[..., None])[..., 0]
+        score = 1 - (p + CHOICE_TEMPERATURE * ts[i] * noise.gumbel(p.shape, p))
+        score = score.masked_fill(~mask, -torch.finfo(work).max)
+        remask = score.topk(n_next, dim=-1).indices
+        mask = torch.zeros_like(mask).scatter_(-1, remask, True)
+        seq = seq.masked_fill(mask, 0)
+    return seq
+
+
+def _sample(logits: torch.Tensor, i: int, params: SamplingParams, t: float, noise: NoiseSource) -> torch.Tensor:
+    if params.steps == 1:
+        temperature = SINGLE_STEP_TEMPERATURE
+    elif i == params.steps - 1:
+        return logits.argmax(dim=-1)
+    else:
+        temperature = max(params.temperature * t, MIN_TEMPERATURE)
+    g = noise.gumbel(logits.shape, logits)
+    return (logits / max(temperature, GUMBEL_EPS) + g).argmax(dim=-1)

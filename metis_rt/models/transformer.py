@@ -1,0 +1,175 @@
+"""Bidirectional Llama stack with adaptive RMSNorm (the denoiser of Metis stage 1 and of MaskGCT S2A).
+
+Per layer: ``h = h + Attn(AdaRMS_in(h, c)); h = h + MLP(AdaRMS_post(h, c))``; final ``AdaRMS(h, c)``, where
+``c = diff_step_mlp(sinusoidal(t))`` is the timestep embedding and every adaptive RMSNorm scale is
+``to_weight(c)`` (no shift, no per-token term). Attention is global (no causal mask), RoPE theta 10000 in the
+``rotate_half`` convention, positions start at 0 at the first input row. SwiGLU MLP, no biases.
+
+Module and attribute names reproduce the official checkpoint keys (``diff_estimator.*``).
+Numerically delicate parts (RMS variance, softmax, RoPE tables, timestep frequencies) run in
+:func:`compute_dtype` (float32 for half precisions, float64 stays float64 for parity).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metis_rt.models.checkpoints import compute_dtype
+
+RMS_EPS = 1e-6
+ROPE_THETA = 10000.0
+TIMESTEP_MAX_PERIOD = 10000.0
+FFN_MULT = 4
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Sinusoidal embedding ``[sin(t f_k), cos(t f_k)]``, ``f_k = exp(-k ln(10000) / (dim/2 - 1))``.
+
+    t: [B] raw timesteps in (0, 1] -> [B, dim] in ``dtype``.
+    """
+    work = compute_dtype(dtype)
+    half = dim // 2
+    scale = math.log(TIMESTEP_MAX_PERIOD) / (half - 1)
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=work) * -scale)
+    args = t.to(work)[:, None] * freqs[None, :]
+    return torch.cat([args.sin(), args.cos()], dim=-1).to(dtype)
+
+
+def rope_tables(length: int, head_dim: int, device: torch.device, dtype: torch.dtype):
+    """cos/sin tables [length, head_dim] for positions 0..length-1 (computed in compute_dtype)."""
+    work = compute_dtype(dtype)
+    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, head_dim, 2, device=device, dtype=work) / head_dim))
+    pos = torch.arange(length, device=device, dtype=work)
+    angles = torch.outer(pos, inv_freq)
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, heads, L, head_dim]."""
+    return x * cos + _rotate_half(x) * sin
+
+
+class AdaptiveRMSNorm(nn.Module):
+    """RMSNorm whose scale is a linear function of the condition vector ``c`` [B, dim_cond]."""
+
+    def __init__(self, hidden_size: int, dim_cond: int, eps: float = RMS_EPS):
+        super().__init__()
+        self.eps = eps
+        self.to_weight = nn.Linear(dim_cond, hidden_size)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        work = compute_dtype(x.dtype)
+        xw = x.to(work)
+        y = xw * torch.rsqrt(xw.pow(2).mean(-1, keepdim=True) + self.eps)
+        w = self.to_weight(c).to(work)[:, None, :]
+        return (w * y).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None):
+        """x: [B, L, H]; key_mask: [B, L] bool (True = valid key) or None (all valid)."""
+        cos, sin = rope
+        q = apply_rope(self._heads(self.q_proj(x)), cos, sin)
+        k = apply_rope(self._heads(self.k_proj(x)), cos, sin)
+        v = self._heads(self.v_proj(x))
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        b, _, n, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.self_attn = Attention(hidden_size, num_heads)
+        self.mlp = SwiGLU(hidden_size, FFN_MULT * hidden_size)
+        self.input_layernorm = AdaptiveRMSNorm(hidden_size, hidden_size)
+        self.post_attention_layernorm = AdaptiveRMSNorm(hidden_size, hidden_size)
+
+    def forward(self, h, c, rope, key_mask):
+        h = h + self.self_attn(self.input_layernorm(h, c), rope, key_mask)
+        return h + self.mlp(self.post_attention_layernorm(h, c))
+
+
+def mlp_block(hidden_size: int) -> nn.Sequential:
+    """Linear(H, 4H) -> SiLU -> Linear(4H, H) with biases (keys ``.0`` and ``.2``)."""
+    return nn.Sequential(
+        nn.Linear(hidden_size, FFN_MULT * hidden_size), nn.SiLU(), nn.Linear(FFN_MULT * hidden_size, hidden_size)
+    )
+
+
+class DiffusionTransformer(nn.Module):
+    """The ``diff_estimator`` of both stages (``DiffLlamaPrefix`` / ``DiffLlama`` of the reference).
+
+    ``cond_mlp`` exists when the owner conditions through it (S2A: per-frame semantic condition added to the
+    input; TTS/Omni stage 1: phone prefix); the owner applies it and passes the result here.
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, num_heads: int, with_cond_mlp: bool):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.head_dim = hidden_size // num_heads
+        self.layers = nn.ModuleList(DecoderLayer(hidden_size, num_heads) for _ in range(num_layers))
+        self.norm = AdaptiveRMSNorm(hidden_size, hidden_size)
+        self.diff_step_mlp = mlp_block(hidden_size)
+        self.cond_mlp = mlp_block(hidden_size) if with_cond_mlp else None
+
+    def step_condition(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """t: [B] -> c [B, H]."""
+        return self.diff_step_mlp(timestep_embedding(t, self.hidden_size, dtype))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        prefix: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: [B, L, H] input rows; t: [B]; prefix: [B, P, H] rows prepended and dropped from the output.
+
+        Returns [B, L, H]. Positions run 0..P+L-1 over ``[prefix ; x]``; ``key_mask`` [B, P+L] marks valid keys.
+        """
+        h = x if prefix is None else torch.cat([prefix, x], dim=1)
+        c = self.step_condition(t, x.dtype)
+        rope = rope_tables(h.shape[1], self.head_dim, h.device, h.dtype)
+        for layer in self.layers:
+            h = layer(h, c, rope, key_mask)
+        h = self.norm(h, c)
+        return h if prefix is None else h[:, prefix.shape[1] :]
