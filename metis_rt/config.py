@@ -309,7 +309,14 @@ def _from_amphion_model(model: Mapping[str, Any], base: ModelConfig, task: str |
         cfg = dataclasses.replace(cfg, stage1=stage1, lora=lora)
     s2a = model.get("s2a_model")
     if s2a is not None:
-        names = ["num_quantizer", "hidden_size", "num_layers", "num_heads", "codebook_size", "cond_codebook_size"]
+        names = [
+            "num_quantizer",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "codebook_size",
+            "cond_codebook_size",
+        ]
         if "s2a_1layer" in s2a:
             cfg = dataclasses.replace(cfg, s2a_1layer=_pick(s2a["s2a_1layer"], names, S2AConfig, base.s2a_1layer))
         if "s2a_full" in s2a:
@@ -322,7 +329,9 @@ def _from_amphion_model(model: Mapping[str, Any], base: ModelConfig, task: str |
     if ac is not None:
         if "encoder" in ac:
             names = ["d_model", "up_ratios", "out_channels", "use_tanh"]
-            cfg = dataclasses.replace(cfg, codec_encoder=_pick(ac["encoder"], names, CodecEncoderConfig, base.codec_encoder))
+            cfg = dataclasses.replace(
+                cfg, codec_encoder=_pick(ac["encoder"], names, CodecEncoderConfig, base.codec_encoder)
+            )
         if "decoder" in ac:
             dec = ac["decoder"]
             if not dec.get("use_vocos", True):
@@ -330,8 +339,14 @@ def _from_amphion_model(model: Mapping[str, Any], base: ModelConfig, task: str |
             if dec.get("quantizer_type", "fvq") != "fvq":
                 raise ConfigError(f"Amphion config.json: quantizer_type {dec.get('quantizer_type')!r} is not supported")
             names = [
-                "num_quantizers", "codebook_size", "codebook_dim", "vocos_dim", "vocos_intermediate_dim",
-                "vocos_num_layers", "n_fft", "hop_size",
+                "num_quantizers",
+                "codebook_size",
+                "codebook_dim",
+                "vocos_dim",
+                "vocos_intermediate_dim",
+                "vocos_num_layers",
+                "n_fft",
+                "hop_size",
             ]
             # The official CodecDecoder reads `in_channels`, which the configs spell `in_channel`: it always
             # falls back to 256. We honour a real `in_channels` key and ignore `in_channel`, as it does.

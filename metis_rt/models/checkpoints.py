@@ -41,13 +41,12 @@ def file_layout(module: nn.Module) -> dict[str, tuple[int, ...]]:
     Works on ``meta`` modules. Weight-normed convolutions appear as ``weight_g`` [out, 1, 1] and ``weight_v``.
     """
     layout = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
-    for name, sub in weight_norm_modules(module):
+    for name, _ in weight_norm_modules(module):
         key = f"{name}.weight" if name else "weight"
         shape = layout.pop(key)
         stem = key[: -len("weight")]
         layout[stem + "weight_g"] = (shape[0],) + (1,) * (len(shape) - 1)
         layout[stem + "weight_v"] = shape
-        del sub
     return layout
 
 

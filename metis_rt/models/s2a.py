@@ -40,6 +40,13 @@ class S2AModel(nn.Module):
             rows = rows + self.token_emb[layer](prompt_ids[..., layer])
         return rows
 
+    def lower_rows(self, ids: torch.Tensor, layer: int) -> torch.Tensor:
+        """Sum of the embeddings of layers < ``layer`` of ids [B, T, >=layer] -> [B, T, H]."""
+        rows = torch.zeros(*ids.shape[:2], self.cfg.hidden_size, dtype=self.mask_emb.weight.dtype, device=ids.device)
+        for lower in range(layer):
+            rows = rows + self.token_emb[lower](ids[..., lower])
+        return rows
+
     def condition(self, semantic_ids: torch.Tensor, layer: int) -> torch.Tensor:
         """semantic_ids [B, Tp+Tt] -> cond_mlp input-bias [B, Tp+Tt, H] for quantizer ``layer``."""
         cond = self.cond_emb(semantic_ids) + self.layer_emb.weight[layer]
@@ -85,10 +92,9 @@ class S2AModel(nn.Module):
         if len(steps) < self.cfg.num_quantizer:
             raise ValueError(f"need steps for {self.cfg.num_quantizer} layers, got {list(steps)}")
         prompt = self.prompt_rows(prompt_ids)
-        decoded = [] if gt_code is None else list(gt_code.unbind(-1))
-        lower = torch.zeros(batch, target_len, self.cfg.hidden_size, dtype=prompt.dtype, device=prompt.device)
-        for layer, ids in enumerate(decoded):
-            lower = lower + self.token_emb[layer](ids)
+        given = gt_code if gt_code is not None else semantic_ids.new_zeros(batch, target_len, 0)
+        decoded = list(given.unbind(-1))
+        lower = self.lower_rows(given, given.shape[-1])
         for layer in range(len(decoded), self.cfg.num_quantizer):
             bias = self.condition(semantic_ids, layer)
 

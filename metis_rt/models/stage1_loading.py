@@ -115,7 +115,11 @@ def load_stage1(
     else:
         load_checkpoint(model, root / files.main, only=lambda k: not k.startswith(ADAPTER_PREFIX), **opts)
         load_checkpoint(
-            model, root / files.adapter, prefix=LORA_FILE_PREFIX, only=lambda k: k.startswith(ADAPTER_PREFIX), **opts
+            model,
+            root / files.adapter,
+            prefix=LORA_FILE_PREFIX,
+            only=lambda k: k.startswith(ADAPTER_PREFIX),
+            **opts,
         )
         lora = cfg.lora[variant]
         with torch.device(device):

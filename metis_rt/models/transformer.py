@@ -130,7 +130,9 @@ class DecoderLayer(nn.Module):
 def mlp_block(hidden_size: int) -> nn.Sequential:
     """Linear(H, 4H) -> SiLU -> Linear(4H, H) with biases (keys ``.0`` and ``.2``)."""
     return nn.Sequential(
-        nn.Linear(hidden_size, FFN_MULT * hidden_size), nn.SiLU(), nn.Linear(FFN_MULT * hidden_size, hidden_size)
+        nn.Linear(hidden_size, FFN_MULT * hidden_size),
+        nn.SiLU(),
+        nn.Linear(FFN_MULT * hidden_size, hidden_size),
     )
 
 

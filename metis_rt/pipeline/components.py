@@ -1,0 +1,115 @@
+"""Loading every model a task needs from a model directory (the official hub layout, merged).
+
+The model configuration is ours (``configs/metis.yaml``, the official numbers); an Amphion-format
+``config.json`` inside the model directory, when present, overrides the sizes (parity vectors, other sizes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from metis_rt.config import ModelConfig, OfficialConfig, from_amphion, load_official_config
+from metis_rt.errors import ConfigError
+from metis_rt.models.acoustic_codec import AcousticCodec
+from metis_rt.models.checkpoints import assert_materialised, load_checkpoint, on_meta
+from metis_rt.models.s2a import UNUSED_KEYS, S2AModel
+from metis_rt.models.semantic_codec import SemanticCodec
+from metis_rt.models.ssl import SslFeatures
+from metis_rt.models.stage1 import Stage1Model
+from metis_rt.models.stage1_loading import load_stage1
+
+log = logging.getLogger(__name__)
+
+AMPHION_CONFIG = "config.json"
+SEMANTIC_CODEC_FILE = "semantic_codec/model.safetensors"
+CODEC_ENCODER_FILE = "acoustic_codec/model.safetensors"
+CODEC_DECODER_FILE = "acoustic_codec/model_1.safetensors"
+S2A_FILES = {
+    "s2a_1layer": "s2a_model/s2a_model_1layer/model.safetensors",
+    "s2a_full": "s2a_model/s2a_model_full/model.safetensors",
+}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}") from None
+
+
+def resolve_config(model_dir: str | Path, task: str | None = None, official: OfficialConfig | None = None):
+    """(ModelConfig, OfficialConfig): our official config, overridden by ``model_dir/config.json`` if present."""
+    official = official or load_official_config()
+    path = Path(model_dir) / AMPHION_CONFIG
+    if not path.is_file():
+        return official.model, official
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    return from_amphion(data, official.model, task), official
+
+
+def load_s2a(model_dir: str | Path, which: str, cfg: ModelConfig, *, dtype, device) -> S2AModel:
+    with on_meta():
+        model = S2AModel(getattr(cfg, which))
+    path = Path(model_dir) / S2A_FILES[which]
+    load_checkpoint(model, path, ignore=lambda k: k in UNUSED_KEYS, dtype=dtype, device=device)
+    assert_materialised(model, f"S2A model {path}")
+    return model.eval()
+
+
+@dataclass
+class MetisComponents:
+    """Everything the offline and streaming pipelines run, on one device and dtype."""
+
+    cfg: ModelConfig
+    ssl: SslFeatures
+    semantic_codec: SemanticCodec
+    acoustic_codec: AcousticCodec
+    s2a_1layer: S2AModel
+    s2a_full: S2AModel
+    stage1: dict[str, Stage1Model] = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+
+
+def load_components(
+    model_dir: str | Path,
+    variants: Sequence[str],
+    cfg: ModelConfig,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> MetisComponents:
+    """Load the shared models plus the stage-1 ``variants`` (e.g. ``["se"]``, ``["base", "tse"]``)."""
+    root = Path(model_dir)
+    opts = {"dtype": dtype, "device": device}
+    log.info("loading models from %s (%s, %s)", root, dtype, device)
+    comps = MetisComponents(
+        cfg=cfg,
+        ssl=SslFeatures.load(root, hidden_state_index=cfg.ssl.hidden_state_index, **opts),
+        semantic_codec=SemanticCodec.load(root / SEMANTIC_CODEC_FILE, cfg.semantic_codec, **opts),
+        acoustic_codec=AcousticCodec.load(
+            root / CODEC_ENCODER_FILE, root / CODEC_DECODER_FILE, cfg.codec_encoder, cfg.codec_decoder, **opts
+        ),
+        s2a_1layer=load_s2a(root, "s2a_1layer", cfg, **opts),
+        s2a_full=load_s2a(root, "s2a_full", cfg, **opts),
+        dtype=dtype,
+        device=torch.device(device),
+    )
+    for variant in variants:
+        comps.stage1[variant] = load_stage1(root, variant, cfg, **opts)
+    return comps
