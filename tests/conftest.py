@@ -1,0 +1,67 @@
+"""Shared test fixtures. The repository is checked out with the project's `shared/` folder beside it."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub call must fail fast, never hang
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_DIR.parent / "shared"
+PARITY_DIR = SHARED_DIR / "parity"
+SPEC_KEYS_DIR = SHARED_DIR / "spec" / "keys"
+EXAMPLES_DIR = REPO_DIR / "examples"
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    if not PARITY_DIR.is_dir():
+        pytest.fail(f"reference vectors not found at {PARITY_DIR}: check out the repo with shared/ beside it")
+    return PARITY_DIR
+
+
+# ----------------------------------------------------------------------------- checkpoint layouts
+# (test_spec_keys, test_checkpoints, test_lora)
+def read_key_dump(name: str) -> dict[str, tuple[int, ...]]:
+    """Parse a key dump of ``SPEC_KEYS_DIR``: ``key<TAB>[shape]`` with an optional ``<TAB>dtype`` column.
+
+    Lines starting with ``#`` are comments (file counts, notes).
+    """
+    layout = {}
+    for line in (SPEC_KEYS_DIR / name).read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape, *_dtype = line.split("\t")
+        dims = shape.strip("[]").replace(" ", "")
+        layout[key] = tuple(int(d) for d in dims.split(",")) if dims else ()
+    return layout
+
+
+def write_stage1_task_files(model, root: Path, variant: str, cfg, drop=frozenset()) -> dict[str, Path]:
+    """Save an unmerged stage-1 task model (LoRA injected) as the official base / adapter / LoRA files.
+
+    Names follow the released files: base tensors without ``.base_layer.``, adapter and LoRA tensors with the
+    ``model.`` prefix of the peft dumps. File-level names in ``drop`` are left out. Returns the three paths.
+    """
+    from safetensors.torch import save_file
+
+    from metis_rt.models.stage1_loading import stage1_files
+
+    files = stage1_files(variant, cfg)
+    split = {"main": {}, "adapter": {}, "lora": {}}
+    for key, tensor in model.state_dict().items():
+        if key.startswith("cond_adapter."):
+            part, name = "adapter", "model." + key
+        elif ".lora_A." in key or ".lora_B." in key:
+            part, name = "lora", "model." + key
+        else:
+            part, name = "main", key.replace(".base_layer.", ".")
+        if name not in drop:
+            split[part][name] = tensor.detach().clone().contiguous()
+    paths = {}
+    for part, state in split.items():
+        paths[part] = Path(root) / getattr(files, part)
+        paths[part].parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(paths[part]))
+    return paths
