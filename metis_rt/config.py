@@ -123,6 +123,13 @@ class ModelConfig:
     codec_decoder: CodecDecoderConfig = field(default_factory=CodecDecoderConfig)
     ssl: SslConfig = field(default_factory=SslConfig)
 
+    def lora_for(self, task: str) -> LoraConfig:
+        if task not in self.lora:
+            raise ConfigError(
+                f"model config has no LoRA settings for task {task!r}; expected lora.{task}: {{r, alpha}}"
+            )
+        return self.lora[task]
+
 
 # ----------------------------------------------------------------------------- decoding settings
 @dataclass(frozen=True)

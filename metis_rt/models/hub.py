@@ -121,9 +121,7 @@ STATS = WeightFile(
 
 
 def lora_rank(cfg: ModelConfig, task: str) -> int:
-    if task not in cfg.lora:
-        raise ConfigError(f"model config has no LoRA settings for task {task!r}; expected lora.{task}: {{r, alpha}}")
-    return cfg.lora[task].r
+    return cfg.lora_for(task).r
 
 
 def _lora_pair(task: str, rank: int) -> tuple[WeightFile, WeightFile]:

@@ -47,7 +47,7 @@ class LoraLinear(nn.Module):
         work = compute_dtype(base.weight.dtype)
         delta = self.lora_B[ADAPTER_NAME].weight.to(work) @ self.lora_A[ADAPTER_NAME].weight.to(work)
         weight = (base.weight.to(work) + self.scaling * delta).to(base.weight.dtype)
-        out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=weight.device)
+        out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
         out.weight = nn.Parameter(weight, requires_grad=base.weight.requires_grad)
         if base.bias is not None:
             out.bias = base.bias

@@ -50,7 +50,7 @@ class Stage1Files:
 
 def stage1_files(variant: str, cfg: ModelConfig) -> Stage1Files:
     if variant in LORA_VARIANTS:
-        r = cfg.lora[variant].r
+        r = cfg.lora_for(variant).r
         stem = f"metis_{variant}/metis_{variant}_lora_{r}"
         return Stage1Files(FULL_VARIANT_FILES["base"], f"{stem}_adapter.safetensors", f"{stem}.safetensors")
     if variant in FULL_VARIANT_FILES:
@@ -78,7 +78,7 @@ def build_stage1(variant: str, cfg: ModelConfig, *, with_lora: bool = False) -> 
     with on_meta():
         model = Stage1Model(stage1_config(variant, cfg.stage1))
         if with_lora:
-            lora = cfg.lora[variant]
+            lora = cfg.lora_for(variant)
             inject_lora(model, lora.r, lora.alpha)
     return model
 
@@ -121,7 +121,7 @@ def load_stage1(
             only=lambda k: k.startswith(ADAPTER_PREFIX),
             **opts,
         )
-        lora = cfg.lora[variant]
+        lora = cfg.lora_for(variant)
         with torch.device(device):
             inject_lora(model, lora.r, lora.alpha)
         load_checkpoint(model, root / files.lora, prefix=LORA_FILE_PREFIX, only=is_lora_key, **opts)
