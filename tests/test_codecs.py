@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -16,7 +14,7 @@ from metis_rt.models.checkpoints import WNConv1d, file_layout, load_checkpoint, 
 from metis_rt.models.quantize import ResidualFVQ
 from metis_rt.models.semantic_codec import SemanticCodec, is_unused_semantic_key
 
-KEYS_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec" / "keys"
+from .conftest import read_key_dump
 
 TINY_ENCODER = CodecEncoderConfig(d_model=2, up_ratios=(2, 2, 4), out_channels=16)
 TINY_DECODER = CodecDecoderConfig(
@@ -38,18 +36,6 @@ TINY_SEMANTIC = SemanticCodecConfig(
     vocos_intermediate_dim=16,
     vocos_num_layers=2,
 )
-
-
-def read_key_dump(name: str) -> dict[str, tuple[int, ...]]:
-    """Parse a `key<TAB>[shape]<TAB>dtype` dump (lines starting with # are comments)."""
-    layout = {}
-    for line in (KEYS_DIR / name).read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape, _dtype = line.split("\t")
-        dims = shape.strip("[]").replace(" ", "")
-        layout[key] = tuple(int(d) for d in dims.split(",")) if dims else ()
-    return layout
 
 
 def official_state(module: nn.Module) -> dict[str, torch.Tensor]:

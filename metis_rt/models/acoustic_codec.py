@@ -21,10 +21,7 @@ from metis_rt.config import CodecDecoderConfig, CodecEncoderConfig
 from metis_rt.errors import CheckpointError, ConfigError
 from metis_rt.models.checkpoints import (
     WNConv1d,
-    assert_materialised,
-    compute_dtype,
-    load_checkpoint,
-    on_meta,
+    load_module,
 )
 from metis_rt.models.quantize import ResidualFVQ
 from metis_rt.models.vocos import Vocos
@@ -122,11 +119,7 @@ class CodecEncoder(nn.Module):
         device: torch.device | str = "cpu",
     ) -> CodecEncoder:
         """Build on meta, fill strictly from ``acoustic_codec/model.safetensors``, return in eval mode."""
-        with on_meta():
-            model = cls(cfg)
-        load_checkpoint(model, path, dtype=dtype, device=device)
-        assert_materialised(model, f"acoustic codec encoder from {path}")
-        return model.eval()
+        return load_module(lambda: cls(cfg), path, "acoustic codec encoder", dtype=dtype, device=device)
 
 
 class CodecDecoder(nn.Module):
@@ -174,25 +167,14 @@ class CodecDecoder(nn.Module):
 
         The iSTFT window is kept in ``compute_dtype(dtype)`` (float32 for a bf16 model): the iSTFT runs there.
         """
-        with on_meta():
-            model = cls(cfg)
-        load_checkpoint(
-            model,
+        model = load_module(
+            lambda: cls(cfg),
             path,
-            only=lambda k: k != WINDOW_KEY,
-            ignore=lambda k: k == WINDOW_KEY,
+            "acoustic codec decoder",
             dtype=dtype,
             device=device,
+            high_precision=lambda k: k == WINDOW_KEY,
         )
-        load_checkpoint(
-            model,
-            path,
-            only=lambda k: k == WINDOW_KEY,
-            ignore=lambda k: k != WINDOW_KEY,
-            dtype=compute_dtype(dtype),
-            device=device,
-        )
-        assert_materialised(model, f"acoustic codec decoder from {path}")
         try:
             model.model.head.istft.check_window()
         except ValueError as exc:

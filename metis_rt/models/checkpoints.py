@@ -124,12 +124,14 @@ def load_checkpoint(
     ignore: Callable[[str], bool] = lambda k: False,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    high_precision: Callable[[str], bool] = lambda k: False,
 ) -> None:
     """Fill ``module`` (typically on ``meta``) from the safetensors file ``path``, strictly.
 
     ``prefix`` is prepended to module-relative names to form file names. ``only`` restricts the module
     tensors this file must provide (the others are left untouched, e.g. an adapter loaded from another file);
-    ``ignore`` names file tensors that are known to be unused. Floating tensors are cast to ``dtype``.
+    ``ignore`` names file tensors that are known to be unused. Floating tensors are cast to ``dtype``, those
+    named by ``high_precision`` to ``compute_dtype(dtype)`` (e.g. an iSTFT window of a bf16 model).
     """
     header = read_header(path)
     layout = file_layout(module)
@@ -144,7 +146,7 @@ def load_checkpoint(
         for key in layout:
             if key.endswith(("weight_g", "weight_v")) and key[:-2] in wn_keys:
                 continue
-            state[key] = _cast(f.get_tensor(prefix + key), dtype)
+            state[key] = _cast(f.get_tensor(prefix + key), compute_dtype(dtype) if high_precision(key) else dtype)
         for wkey in wn_keys:
             stem = wkey[: -len("weight")]
             if stem + "weight_v" not in layout:
@@ -154,6 +156,16 @@ def load_checkpoint(
             state[wkey] = fold_weight_norm(g, v, dtype)
     state = {k: v.to(device) for k, v in state.items()}
     assign_state(module, state, header.path)
+
+
+def load_module(build: Callable[[], nn.Module], path: str | Path, what: str, **options) -> nn.Module:
+    """Build a module on ``meta``, fill it strictly from ``path`` (``options`` as :func:`load_checkpoint`),
+    check nothing was left unloaded, and return it in eval mode."""
+    with on_meta():
+        module = build()
+    load_checkpoint(module, path, **options)
+    assert_materialised(module, f"{what} from {path}")
+    return module.eval()
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

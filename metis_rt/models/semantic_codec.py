@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from metis_rt.config import SemanticCodecConfig
-from metis_rt.models.checkpoints import assert_materialised, load_checkpoint, on_meta
+from metis_rt.models.checkpoints import load_module
 from metis_rt.models.quantize import ResidualFVQ
 from metis_rt.models.vocos import VocosBackbone
 
@@ -65,8 +65,6 @@ class SemanticCodec(nn.Module):
         device: torch.device | str = "cpu",
     ) -> SemanticCodec:
         """Build on meta, fill strictly from ``semantic_codec/model.safetensors``, return in eval mode."""
-        with on_meta():
-            model = cls(cfg)
-        load_checkpoint(model, path, ignore=is_unused_semantic_key, dtype=dtype, device=device)
-        assert_materialised(model, f"semantic codec from {path}")
-        return model.eval()
+        return load_module(
+            lambda: cls(cfg), path, "semantic codec", ignore=is_unused_semantic_key, dtype=dtype, device=device
+        )

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
 from metis_rt.errors import CheckpointError
-from metis_rt.models.checkpoints import assert_materialised, load_checkpoint, on_meta
+from metis_rt.models.checkpoints import load_module
 
 SSL_SAMPLE_RATE = 16000
 W2V_DIR = "w2v-bert-2.0"
@@ -103,18 +103,16 @@ class SslFeatures(nn.Module):
         config.mask_time_prob = 0.0  # no SpecAugment parameters at inference
         config.mask_feature_prob = 0.0
         config.add_adapter = False
-        with on_meta():
-            encoder = Wav2Vec2BertModel(config)
-        load_checkpoint(
-            encoder,
+        encoder = load_module(
+            lambda: Wav2Vec2BertModel(config),
             w2v_dir / W2V_WEIGHTS,
+            "w2v-BERT",
             ignore=unused_w2v_key(hidden_state_index),
             dtype=dtype,
             device=device,
         )
-        assert_materialised(encoder, f"w2v-BERT from {w2v_dir}")
         mean, var = load_stats(root / STATS_FILE, config.hidden_size)
-        model = cls(extractor, encoder.eval(), mean.to(device, dtype), var.to(device, dtype))
+        model = cls(extractor, encoder, mean.to(device, dtype), var.to(device, dtype))
         return model.eval()
 
 

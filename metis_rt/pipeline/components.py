@@ -17,7 +17,7 @@ import torch
 from metis_rt.config import ModelConfig, OfficialConfig, from_amphion, load_official_config
 from metis_rt.errors import ConfigError
 from metis_rt.models.acoustic_codec import AcousticCodec
-from metis_rt.models.checkpoints import assert_materialised, load_checkpoint, on_meta
+from metis_rt.models.checkpoints import load_module
 from metis_rt.models.s2a import UNUSED_KEYS, S2AModel
 from metis_rt.models.semantic_codec import SemanticCodec
 from metis_rt.models.ssl import SslFeatures
@@ -63,12 +63,9 @@ def resolve_config(model_dir: str | Path, task: str | None = None, official: Off
 
 
 def load_s2a(model_dir: str | Path, which: str, cfg: ModelConfig, *, dtype, device) -> S2AModel:
-    with on_meta():
-        model = S2AModel(getattr(cfg, which))
     path = Path(model_dir) / S2A_FILES[which]
-    load_checkpoint(model, path, ignore=lambda k: k in UNUSED_KEYS, dtype=dtype, device=device)
-    assert_materialised(model, f"S2A model {path}")
-    return model.eval()
+    build = lambda: S2AModel(getattr(cfg, which))  # noqa: E731
+    return load_module(build, path, "S2A model", ignore=lambda k: k in UNUSED_KEYS, dtype=dtype, device=device)
 
 
 @dataclass
