@@ -62,6 +62,18 @@ class GumbelNoise:
         return -torch.log(-torch.log(u + GUMBEL_EPS) + GUMBEL_EPS)
 
 
+class RowNoise:
+    """One noise source per batch row (each stream keeps its own seeded generator when batched)."""
+
+    def __init__(self, sources: list[NoiseSource]):
+        self.sources = sources
+
+    def gumbel(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        if shape[0] != len(self.sources):
+            raise ValueError(f"batch of {shape[0]} rows but {len(self.sources)} noise sources")
+        return torch.cat([src.gumbel(torch.Size([1, *shape[1:]]), like) for src in self.sources])
+
+
 def top_k_filter(logits: torch.Tensor, filter_thres: float) -> torch.Tensor:
     """Keep the ``ceil((1 - filter_thres) * V)`` largest logits of the last axis, set the rest to -inf."""
     k = math.ceil((1 - filter_thres) * logits.shape[-1])

@@ -59,11 +59,18 @@ class S2AModel(nn.Module):
         current = torch.where(mask[..., None], mask_row.to(tokens.dtype), tokens)
         return lower + current + mask_row * (self.cfg.num_quantizer - 1 - layer)
 
-    def hidden(self, prompt: torch.Tensor, target: torch.Tensor, bias: torch.Tensor, t, cfg: float, rescale: float):
-        """Denoiser hidden states of the target rows: (conditional, guided-or-None), each [B, Tt, H]."""
+    def hidden(self, prompt, target, bias, t, cfg: float, rescale: float, prompt_mask=None):
+        """Denoiser hidden states of the target rows: (conditional, guided-or-None), each [B, Tt, H].
+
+        prompt [B, Tp, H], target [B, Tt, H], bias [B, Tp+Tt, H]; prompt_mask [B, Tp] bool marks real prompt rows
+        when rows with different prompt lengths are batched (left padding).
+        """
         tp = prompt.shape[1]
         x = torch.cat([prompt, target], dim=1) + bias
-        cond = self.diff_estimator(x, t)[:, tp:]
+        key_mask = None
+        if prompt_mask is not None:
+            key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(target.shape[:2])], dim=1)
+        cond = self.diff_estimator(x, t, key_mask=key_mask)[:, tp:]
         if cfg <= 0:
             return cond, None
         uncond = self.diff_estimator(target + bias[:, tp:], t)
@@ -81,11 +88,13 @@ class S2AModel(nn.Module):
         filter_thres: float,
         noise: NoiseSource,
         gt_code: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """semantic_ids [B, Tp+Tt], prompt_ids [B, Tp, Qp] -> ids [B, Tt, Q].
 
         ``gt_code`` [B, Tt, G] fixes the first G layers (Metis takes layer 0 from the 1-layer model).
         ``steps[L]`` is the number of decoding steps of layer L (entries for given layers are unused).
+        ``prompt_mask`` [B, Tp] bool: False marks left padding of shorter prompts in a batch.
         """
         batch, tp = prompt_ids.shape[0], prompt_ids.shape[1]
         target_len = semantic_ids.shape[1] - tp
@@ -99,7 +108,8 @@ class S2AModel(nn.Module):
             bias = self.condition(semantic_ids, layer)
 
             def predict(seq, mask, t, layer=layer, bias=bias, lower=lower):
-                cond, guided = self.hidden(prompt, self.target_rows(lower, seq, mask, layer), bias, t, cfg, rescale_cfg)
+                target = self.target_rows(lower, seq, mask, layer)
+                cond, guided = self.hidden(prompt, target, bias, t, cfg, rescale_cfg, prompt_mask)
                 return self.to_logits[layer](cond if guided is None else guided)
 
             params = SamplingParams(steps[layer], temperature, filter_thres)

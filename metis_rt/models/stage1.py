@@ -48,12 +48,14 @@ def build_adapter(kind: str, in_dim: int, out_dim: int) -> nn.Module | None:
 class Stage1Inputs:
     """Per-call tensors that stay fixed during decoding.
 
-    prompt_ids [B, Tp]; condition [B, Tp+Tt, cond_dim] or None; phone_ids [B, P] or None.
+    prompt_ids [B, Tp]; condition [B, Tp+Tt, cond_dim] or None; phone_ids [B, P] or None;
+    prompt_mask [B, Tp] bool (False = left padding, when rows with different prompt lengths are batched).
     """
 
     prompt_ids: torch.Tensor
     condition: torch.Tensor | None = None
     phone_ids: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -61,6 +63,7 @@ class _Prepared:
     prompt_emb: torch.Tensor  # [B, Tp, H]
     adapter_out: torch.Tensor | None  # [B, Tp+Tt, H]
     phone_prefix: torch.Tensor | None  # [B, P, H]
+    prompt_mask: torch.Tensor | None = None  # [B, Tp] bool
 
 
 class Stage1Model(nn.Module):
@@ -99,7 +102,9 @@ class Stage1Model(nn.Module):
             if not self.cfg.use_phone_cond:
                 raise ValueError("this stage-1 model has no phone conditioning; pass phone_ids=None")
             phone_prefix = self.diff_estimator.cond_mlp(self.phone_emb(inputs.phone_ids))
-        return _Prepared(prompt_emb, adapter_out, phone_prefix)
+        if inputs.prompt_mask is not None and phone_prefix is not None:
+            raise ValueError("padded prompts cannot be combined with a phone prefix")
+        return _Prepared(prompt_emb, adapter_out, phone_prefix, inputs.prompt_mask)
 
     def target_rows(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """seq [B, T] ids, mask [B, T] bool -> [B, T, H]."""
@@ -112,7 +117,10 @@ class Stage1Model(nn.Module):
         x = torch.cat([prep.prompt_emb, target], dim=1)
         if prep.adapter_out is not None:
             x = x + prep.adapter_out
-        cond = self.diff_estimator(x, t, prefix=prep.phone_prefix)[:, tp:]
+        key_mask = None
+        if prep.prompt_mask is not None:
+            key_mask = torch.cat([prep.prompt_mask, prep.prompt_mask.new_ones(target.shape[:2])], dim=1)
+        cond = self.diff_estimator(x, t, prefix=prep.phone_prefix, key_mask=key_mask)[:, tp:]
         if cfg <= 0:
             return cond, None
         x_u = target if prep.adapter_out is None else target + prep.adapter_out[:, tp:]

@@ -1,0 +1,202 @@
+"""Running hops of many sessions as batches through the Metis chain (used only by the engine thread).
+
+Per window: SSL features of ``[left | chunk | lookahead]`` (the extractor's CMVN runs over the window, as over an
+utterance offline) -> stage 1 generates chunk + lookahead after the committed left-context tokens (TSE/VC: after the
+reference tokens too, with the reference's cached features in front of the window's) -> S2A likewise with the
+committed acoustic tokens as prompt -> the codec decodes ``[decoder left | chunk | lookahead]``.
+
+Batching: rows of one stage run together when their target lengths and settings agree; stage 1 also needs the same
+task model. Prompts of different lengths (references, stream start) are left-padded and masked: attention uses
+relative (RoPE) positions, so padding changes nothing for the real rows. Equal-length groups run unpadded, on the
+very code path of the offline pipeline.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from metis_rt.models.decoding import RowNoise
+from metis_rt.models.ssl import ExtractorOutput
+from metis_rt.models.stage1 import Stage1Inputs
+from metis_rt.pipeline.components import MetisComponents
+from metis_rt.pipeline.offline import MetisPipeline
+from metis_rt.streaming.geometry import CODEC_FRAME_SAMPLES, FEATURE_FRAMING_SAMPLES, SSL_FRAME_SAMPLES
+from metis_rt.streaming.window import ReferenceTokens, WindowJob, WindowResult
+
+
+class WindowProcessor(Protocol):
+    num_quantizers: int
+
+    def prepare_reference(self, reference_16k: np.ndarray, reference_24k: np.ndarray) -> ReferenceTokens: ...
+
+    def run(self, jobs: Sequence[WindowJob]) -> list[WindowResult]: ...
+
+
+def groups(items: Sequence, key: Callable[[object], Hashable]) -> list[list[int]]:
+    """Indices of ``items`` grouped by ``key`` (first-seen order)."""
+    out: dict[Hashable, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        out[key(item)].append(i)
+    return list(out.values())
+
+
+def left_pad(rows: list[torch.Tensor], value: int | float = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack rows [T_i, ...] left-padded to the longest; mask [B, T] (False = padding), None if none needed."""
+    longest = max(r.shape[0] for r in rows)
+    if all(r.shape[0] == longest for r in rows):
+        return torch.stack(rows), None
+    padded, mask = [], []
+    for r in rows:
+        pad = longest - r.shape[0]
+        padded.append(torch.cat([r.new_full((pad, *r.shape[1:]), value), r]))
+        mask.append(torch.cat([torch.zeros(pad, dtype=torch.bool), torch.ones(r.shape[0], dtype=torch.bool)]))
+    return torch.stack(padded), torch.stack(mask).to(rows[0].device)
+
+
+class IdentityProcessor:
+    """Returns the unprocessed input over the decoded span: tests the windowing, crossfade and timing plumbing."""
+
+    def __init__(self, num_quantizers: int = 12):
+        self.num_quantizers = num_quantizers
+
+    def prepare_reference(self, reference_16k, reference_24k) -> ReferenceTokens:
+        frames = len(reference_24k) // CODEC_FRAME_SAMPLES
+        zeros = np.zeros(frames, dtype=np.int64)
+        return ReferenceTokens(zeros, np.zeros((frames, self.num_quantizers), np.int64), torch.zeros(frames, 1))
+
+    def run(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
+        return [
+            WindowResult(
+                np.zeros(j.target, dtype=np.int64), np.zeros((j.target, self.num_quantizers), np.int64), j.dry_24k
+            )
+            for j in jobs
+        ]
+
+
+class MetisWindowProcessor:
+    def __init__(self, comps: MetisComponents):
+        self.comps = comps
+        self.pipeline = MetisPipeline(comps)
+        self.num_quantizers = comps.cfg.codec_decoder.num_quantizers
+
+    @torch.inference_mode()
+    def prepare_reference(self, reference_16k: np.ndarray, reference_24k: np.ndarray) -> ReferenceTokens:
+        """Prompt tokens and features of a reference, once per session, aligned to whole 20 ms frames.
+
+        The official offline code derives the semantic prompt from ceil(n_fbank/2) frames and the acoustic one from
+        N/480 frames (one frame apart); here both cover the same R frames so the streams stay frame-aligned.
+        """
+        frames = min(
+            (len(reference_16k) - FEATURE_FRAMING_SAMPLES) // SSL_FRAME_SAMPLES,
+            len(reference_24k) // CODEC_FRAME_SAMPLES,
+        )
+        if frames < 1:
+            raise ValueError("the reference is shorter than one frame")
+        ref16 = reference_16k[: frames * SSL_FRAME_SAMPLES + FEATURE_FRAMING_SAMPLES]
+        features = self.comps.ssl(ref16)
+        semantic, _ = self.comps.semantic_codec.quantize(features)
+        acoustic = self.pipeline.acoustic_tokens(reference_24k[: frames * CODEC_FRAME_SAMPLES])
+        return ReferenceTokens(semantic[0].cpu().numpy(), acoustic[0].cpu().numpy(), features[0])
+
+    @torch.inference_mode()
+    def run(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
+        features = self._features(jobs)
+        semantic = self._stage1(jobs, features)
+        acoustic = self._s2a(jobs, semantic)
+        wavs = self._decode(jobs, acoustic)
+        return [
+            WindowResult(s.cpu().numpy(), a.cpu().numpy(), w.float().cpu().numpy())
+            for s, a, w in zip(semantic, acoustic, wavs, strict=True)
+        ]
+
+    # --- stages ---------------------------------------------------------------------------------
+    def _long(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.long, device=self.comps.device)
+
+    def _features(self, jobs: Sequence[WindowJob]) -> list[torch.Tensor]:
+        """Normalised SSL features [L + T, D] per job; windows of equal length share one w2v-BERT pass."""
+        ssl, out = self.comps.ssl, [None] * len(jobs)
+        for idx in groups(jobs, lambda j: len(j.audio_16k)):
+            extracted = [ssl.extract(jobs[i].audio_16k) for i in idx]
+            stacked = ExtractorOutput(
+                torch.cat([e.input_features for e in extracted]), torch.cat([e.attention_mask for e in extracted])
+            )
+            feats = ssl.normalise(ssl.hidden(stacked))
+            for row, i in enumerate(idx):
+                out[i] = feats[row]
+        return out
+
+    def _stage1(self, jobs: Sequence[WindowJob], features: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = [None] * len(jobs)
+        for idx in groups(jobs, lambda j: (j.task, j.target, j.settings.stage1)):
+            prompts, conds = [], []
+            for i in idx:
+                job, prompt, cond = jobs[i], self._long(jobs[i].left_semantic), features[i]
+                if job.reference is not None:
+                    prompt = torch.cat([self._long(job.reference.semantic), prompt])
+                    cond = torch.cat([job.reference.features.to(cond.dtype), cond])
+                prompts.append(prompt)
+                conds.append(cond)
+            prompt_ids, mask = left_pad(prompts)
+            cond, _ = left_pad(conds, 0.0)
+            first = jobs[idx[0]]
+            ids = self.comps.stage1[first.task].generate(
+                Stage1Inputs(prompt_ids, cond, prompt_mask=mask),
+                first.target,
+                first.settings.stage1,
+                RowNoise([jobs[i].noise for i in idx]),
+            )
+            for row, i in enumerate(idx):
+                out[i] = ids[row]
+        return out
+
+    def _s2a(self, jobs: Sequence[WindowJob], semantic: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = [None] * len(jobs)
+        for idx in groups(jobs, lambda j: (j.target, j.settings.s2a)):
+            sems, prompts = [], []
+            for i in idx:
+                job = jobs[i]
+                sem = torch.cat([self._long(job.s2a_semantic), semantic[i]])
+                prompt = self._long(job.s2a_acoustic)
+                if job.reference is not None:
+                    sem = torch.cat([self._long(job.reference.semantic), sem])
+                    prompt = torch.cat([self._long(job.reference.acoustic), prompt])
+                sems.append(sem)
+                prompts.append(prompt)
+            semantic_ids, _ = left_pad(sems)
+            prompt_ids, mask = left_pad(prompts)
+            ids = self._semantic_to_acoustic(semantic_ids, prompt_ids, mask, jobs[idx[0]].settings.s2a, idx, jobs)
+            for row, i in enumerate(idx):
+                out[i] = ids[row]
+        return out
+
+    def _semantic_to_acoustic(self, semantic_ids, prompt_ids, mask, s, idx, jobs) -> torch.Tensor:
+        noise = RowNoise([jobs[i].noise for i in idx])
+        common = {
+            "rescale_cfg": s.rescale_cfg,
+            "temperature": s.temperature,
+            "filter_thres": s.filter_thres,
+            "noise": noise,
+            "prompt_mask": mask,
+        }
+        layer0 = self.comps.s2a_1layer.generate(semantic_ids, prompt_ids, s.steps_1layer, cfg=s.cfg_1layer, **common)
+        return self.comps.s2a_full.generate(
+            semantic_ids, prompt_ids, s.steps_full, cfg=s.cfg_full, gt_code=layer0, **common
+        )
+
+    def _decode(self, jobs: Sequence[WindowJob], acoustic: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = [None] * len(jobs)
+        rows = [
+            torch.cat([self._long(j.decoder_acoustic).reshape(-1, a.shape[-1]), a])
+            for j, a in zip(jobs, acoustic, strict=True)
+        ]
+        for idx in groups(rows, lambda r: r.shape[0]):
+            wav = self.comps.acoustic_codec.decode(torch.stack([rows[i] for i in idx]))
+            for row, i in enumerate(idx):
+                out[i] = wav[row]
+        return out
