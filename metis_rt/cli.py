@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--allow-clipped", action="store_true", help="process heavily clipped input anyway")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    st = p.add_argument_group("streaming simulation (--stream): the live engine, fed from the file")
+    st.add_argument("--stream", action="store_true", help="process as a live stream and report latency and RTF")
+    st.add_argument("--chunk-ms", type=int, help="hop / chunk size (default from configs/streaming.yaml: 240)")
+    st.add_argument("--lookahead-ms", type=int, help="lookahead (default 160)")
+    st.add_argument("--left-context-ms", type=int, help="stage-1 / SSL left context (default 1600)")
+    st.add_argument("--s2a-left-context-ms", type=int, help="S2A acoustic prompt context (default 1600)")
+    st.add_argument("--decoder-left-context-ms", type=int, help="codec decoder context (default 400)")
+    st.add_argument("--crossfade-ms", type=int, help="join of consecutive chunks (default 20)")
+    st.add_argument("--packet-ms", type=float, default=20.0, help="input packet size (default: %(default)s)")
+    st.add_argument("--realtime", action="store_true", help="feed packets on the wall clock (drops if too slow)")
+    st.add_argument("--stream-config", type=Path, help="streaming config YAML (default: configs/streaming.yaml)")
     _add_model_args(p)
 
     q = sub.add_parser("parity", help="check our implementation against reference vector directories")
@@ -147,6 +158,8 @@ def cmd_process(args) -> int:
         task_settings,
     )
 
+    if args.stream:
+        return cmd_process_stream(args)
     # Everything that can be wrong with the request is checked before the (slow) model load.
     model_dir, device, dtype = _model_dir(args), _device(args.device), parse_dtype(args.dtype)
     output = check_output_path(args.output)
@@ -167,6 +180,81 @@ def cmd_process(args) -> int:
         f"{output}: {report.output_s:.2f} s at 24 kHz from {report.input_s:.2f} s of input "
         f"({report.segments} segment(s), {report.compute_s:.1f} s, real-time factor {report.real_time_factor:.2f})"
     )
+    return 0
+
+
+def _stream_config(args):
+    import dataclasses
+
+    from metis_rt.streaming.config import STREAMING_CONFIG, StepsConfig, load_stream_config
+
+    cfg = load_stream_config(args.stream_config or STREAMING_CONFIG)
+    sizes = {
+        name: getattr(args, name)
+        for name in (
+            "chunk_ms",
+            "lookahead_ms",
+            "left_context_ms",
+            "s2a_left_context_ms",
+            "decoder_left_context_ms",
+            "crossfade_ms",
+        )
+        if getattr(args, name) is not None
+    }
+    geometry = dataclasses.replace(cfg.geometry, **sizes)
+    steps = cfg.steps_for(args.task)
+    steps = StepsConfig(args.stage1_steps or steps.stage1, args.s2a_steps or steps.s2a)
+    return dataclasses.replace(cfg, geometry=geometry, steps={**cfg.steps, args.task: steps})
+
+
+def cmd_process_stream(args) -> int:
+    from metis_rt.audio.files import load_for_model, read_audio, to_mono, validate_speech, write_audio
+    from metis_rt.models.hub import check_model_dir
+    from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config
+    from metis_rt.pipeline.process import check_output_path
+    from metis_rt.streaming.config import stream_decoding
+    from metis_rt.streaming.engine import Engine
+    from metis_rt.streaming.geometry import CODEC_RATE, Geometry
+    from metis_rt.streaming.processor import MetisWindowProcessor
+    from metis_rt.streaming.session import SessionSpec, StreamSession
+    from metis_rt.streaming.simulate import simulate
+
+    model_dir, device, dtype = _model_dir(args), _device(args.device), parse_dtype(args.dtype)
+    output = check_output_path(args.output)
+    stream_cfg = _stream_config(args)
+    try:
+        geometry = Geometry.from_config(stream_cfg.geometry)
+    except ValueError as exc:
+        raise ConfigError(f"stream geometry: {exc}") from None
+    cfg, official = resolve_config(model_dir, args.task, _official(args))
+    settings = stream_decoding(official, args.task, stream_cfg.steps_for(args.task))
+    samples, rate = read_audio(args.input)
+    wav = to_mono(samples)
+    validate_speech(wav, rate, min_seconds=0.5, name=str(args.input), allow_clipped=args.allow_clipped)
+    ref = None
+    if args.task in ("tse", "vc"):
+        if args.reference is None:
+            raise ConfigError(f"task {args.task!r} needs --reference: a recording of the target speaker")
+        ref = load_for_model(args.reference, rates=(16000, CODEC_RATE), min_seconds=1.0)
+    check_model_dir(model_dir, [args.task], cfg)
+    processor = MetisWindowProcessor(load_components(model_dir, [args.task], cfg, dtype=dtype, device=device))
+    reference = processor.prepare_reference(ref[16000], ref[CODEC_RATE]) if ref is not None else None
+    spec = SessionSpec(args.task, rate, CODEC_RATE, settings, args.deterministic, args.seed)
+    session = StreamSession(1, spec, geometry, stream_cfg.engine, processor.num_quantizers, reference)
+    engine = Engine(processor, stream_cfg.engine)
+    engine.add(session)
+    engine.start()
+    try:
+        out, report = simulate(engine, session, wav.astype("float32"), args.packet_ms, args.realtime)
+    finally:
+        engine.stop()
+    write_audio(output, out, CODEC_RATE)
+    print(
+        f"{output}: streamed {args.task} with chunk {geometry.chunk * 20} ms, lookahead "
+        f"{geometry.lookahead * 20} ms, left context {geometry.left * 20} ms, packets {args.packet_ms:g} ms"
+    )
+    for line in report.lines():
+        print("  " + line)
     return 0
 
 

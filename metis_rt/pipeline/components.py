@@ -16,7 +16,7 @@ import torch
 
 from metis_rt.config import ModelConfig, OfficialConfig, from_amphion, load_official_config
 from metis_rt.errors import ConfigError
-from metis_rt.models.acoustic_codec import AcousticCodec
+from metis_rt.models.acoustic_codec import AcousticCodec, CodecDecoder, CodecEncoder
 from metis_rt.models.checkpoints import load_module
 from metis_rt.models.s2a import UNUSED_KEYS, S2AModel
 from metis_rt.models.semantic_codec import SemanticCodec
@@ -66,6 +66,43 @@ def load_s2a(model_dir: str | Path, which: str, cfg: ModelConfig, *, dtype, devi
     path = Path(model_dir) / S2A_FILES[which]
     build = lambda: S2AModel(getattr(cfg, which))  # noqa: E731
     return load_module(build, path, "S2A model", ignore=lambda k: k in UNUSED_KEYS, dtype=dtype, device=device)
+
+
+def random_components(
+    cfg: ModelConfig,
+    variants: Sequence[str],
+    *,
+    w2v_overrides: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> MetisComponents:
+    """Every component at the sizes of ``cfg`` with random weights (benchmarks of architectures we cannot
+    download here). w2v-BERT uses the transformers defaults (= facebook/w2v-bert-2.0) unless overridden."""
+    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+    from metis_rt.models.stage1_loading import stage1_config
+
+    torch.manual_seed(seed)
+    w2v_cfg = Wav2Vec2BertConfig(**(w2v_overrides or {}))
+    w2v_cfg.num_hidden_layers, w2v_cfg.mask_time_prob = cfg.ssl.hidden_state_index, 0.0
+    dim = w2v_cfg.hidden_size
+    ssl = SslFeatures(SeamlessM4TFeatureExtractor(), Wav2Vec2BertModel(w2v_cfg), torch.zeros(dim), torch.ones(dim))
+    comps = MetisComponents(
+        cfg=cfg,
+        ssl=ssl,
+        semantic_codec=SemanticCodec(cfg.semantic_codec),
+        acoustic_codec=AcousticCodec(CodecEncoder(cfg.codec_encoder), CodecDecoder(cfg.codec_decoder)),
+        s2a_1layer=S2AModel(cfg.s2a_1layer),
+        s2a_full=S2AModel(cfg.s2a_full),
+        stage1={v: Stage1Model(stage1_config(v, cfg.stage1)) for v in variants},
+        dtype=dtype,
+        device=torch.device(device),
+    )
+    for module in (comps.ssl, comps.semantic_codec, comps.acoustic_codec, comps.s2a_1layer, comps.s2a_full,
+                   *comps.stage1.values()):
+        module.to(device=device, dtype=dtype).eval()
+    return comps
 
 
 @dataclass
