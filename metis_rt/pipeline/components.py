@@ -99,8 +99,14 @@ def random_components(
         dtype=dtype,
         device=torch.device(device),
     )
-    for module in (comps.ssl, comps.semantic_codec, comps.acoustic_codec, comps.s2a_1layer, comps.s2a_full,
-                   *comps.stage1.values()):
+    for module in (
+        comps.ssl,
+        comps.semantic_codec,
+        comps.acoustic_codec,
+        comps.s2a_1layer,
+        comps.s2a_full,
+        *comps.stage1.values(),
+    ):
         module.to(device=device, dtype=dtype).eval()
     return comps
 
