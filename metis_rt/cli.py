@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--stream-config", type=Path, help="streaming config YAML (default: configs/streaming.yaml)")
     _add_model_args(p)
 
+    sv = sub.add_parser("serve", help="run the real-time server (options: metis-rt serve --help)", add_help=False)
+    sv.add_argument("serve_args", nargs=argparse.REMAINDER)
+
     q = sub.add_parser("parity", help="check our implementation against reference vector directories")
     q.add_argument("dirs", nargs="+", type=Path, help="vector directories (model dir + cases/manifest.json)")
     q.add_argument("--strict", action="store_true", help="also fail on checks reported as unsupported")
@@ -274,4 +277,10 @@ def cmd_parity(args) -> int:
     return EXIT_FAILURE if failed else 0
 
 
-COMMANDS = {"download": cmd_download, "process": cmd_process, "parity": cmd_parity}
+def cmd_serve(args) -> int:
+    from metis_rt.server.main import main as serve_main
+
+    return serve_main(args.serve_args)
+
+
+COMMANDS = {"download": cmd_download, "process": cmd_process, "parity": cmd_parity, "serve": cmd_serve}

@@ -65,3 +65,34 @@ def write_stage1_task_files(model, root: Path, variant: str, cfg, drop=frozenset
         paths[part].parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(paths[part]))
     return paths
+
+
+# ----------------------------------------------------------------------------- a tiny model dir with every task
+def make_combined_model_dir(root: Path) -> Path:
+    """The shared components and SE model of parity/se, TSE's LoRA pair from parity/tse (same r=4, alpha=8), and
+    a random VC LoRA pair with the same rank: one model directory serving se, tse and vc (the official layout)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from metis_rt.models.stage1_loading import expected_file_layouts
+    from metis_rt.pipeline.components import resolve_config
+
+    se = PARITY_DIR / "se"
+    root.mkdir(parents=True, exist_ok=True)
+    for item in se.iterdir():
+        if item.name != "cases":
+            (root / item.name).symlink_to(item)
+    (root / "metis_tse").symlink_to(PARITY_DIR / "tse" / "metis_tse")
+    cfg, _ = resolve_config(root, "vc")
+    generator = torch.Generator().manual_seed(0)
+    for name, layout in expected_file_layouts("vc", cfg).items():
+        if name.startswith("metis_vc/"):
+            tensors = {k: 0.05 * torch.randn(shape, generator=generator) for k, shape in layout.items()}
+            (root / name).parent.mkdir(exist_ok=True)
+            save_file(tensors, str(root / name))
+    return root
+
+
+@pytest.fixture(scope="session")
+def combined_model_dir(tmp_path_factory, parity_dir) -> Path:
+    return make_combined_model_dir(tmp_path_factory.mktemp("models") / "tiny")

@@ -6,6 +6,7 @@ The model configuration is ours (``configs/metis.yaml``, the official numbers); 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -60,6 +61,13 @@ def resolve_config(model_dir: str | Path, task: str | None = None, official: Off
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
     return from_amphion(data, official.model, task), official
+
+
+def resolve_config_for_tasks(model_dir: str | Path, tasks, official: OfficialConfig | None = None):
+    """Like :func:`resolve_config`, with each task's LoRA rank/alpha (an Amphion config.json names one task's)."""
+    cfg, official = resolve_config(model_dir, tasks[0], official)
+    lora = {task: resolve_config(model_dir, task, official)[0].lora_for(task) for task in tasks}
+    return dataclasses.replace(cfg, lora={**cfg.lora, **lora}), official
 
 
 def load_s2a(model_dir: str | Path, which: str, cfg: ModelConfig, *, dtype, device) -> S2AModel:

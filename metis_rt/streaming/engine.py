@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 
 from metis_rt.streaming.config import EngineConfig
 from metis_rt.streaming.processor import WindowProcessor
@@ -40,6 +41,7 @@ class Engine:
         self._stopping = False
         self._stepping = False
         self._wakeups = 0
+        self._calls: deque[tuple[Callable[[], object], Future]] = deque()  # work for the device, between steps
         self.step_ms: deque[float] = deque(maxlen=RECENT_STEPS)
         self.batch_sizes: deque[int] = deque(maxlen=RECENT_STEPS)
         self.on_error: Callable[[StreamSession, BaseException], None] | None = None
@@ -66,6 +68,25 @@ class Engine:
         with self._cond:
             self._wakeups += 1
             self._cond.notify_all()
+
+    def submit(self, fn: Callable[[], object]) -> Future:
+        """Run ``fn`` on the engine thread between steps (model work outside the stream, e.g. a reference)."""
+        future: Future = Future()
+        with self._cond:
+            self._calls.append((fn, future))
+            self._cond.notify_all()
+        return future
+
+    def _run_calls(self) -> bool:
+        with self._cond:
+            calls, self._calls = list(self._calls), deque()
+        for fn, future in calls:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # delivered to the caller
+                    future.set_exception(exc)
+        return bool(calls)
 
     # --- one step -------------------------------------------------------------------------------
     def step(self, now: float | None = None) -> int:
@@ -130,11 +151,12 @@ class Engine:
                     return
                 seen = self._wakeups
                 self._stepping = True
-            ran = self.step()
+            ran = self._run_calls()
+            ran = self.step() or ran
             with self._cond:
                 self._stepping = False
                 self._cond.notify_all()  # wait_idle() watchers
-                if not ran and self._wakeups == seen and not self._stopping:
+                if not ran and self._wakeups == seen and not self._calls and not self._stopping:
                     self._cond.wait()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:

@@ -69,6 +69,7 @@ class StreamSession:
         num_quantizers: int,
         reference: ReferenceTokens | None = None,
         on_output: Callable[[np.ndarray], None] | None = None,
+        on_done: Callable[[], None] | None = None,
     ):
         if (spec.task in PROMPT_TASKS) != (reference is not None):
             raise ValueError(f"task {spec.task!r}: a reference is {'required' if reference is None else 'not used'}")
@@ -79,6 +80,8 @@ class StreamSession:
         self.num_quantizers = num_quantizers
         self.reference = reference
         self.on_output = on_output
+        self.on_done = on_done  # called (engine thread) after the last output of a finished stream
+        self.wet = 1.0  # processed share of the output (0 = bypass, dry input delayed by the latency)
         self.lock = threading.Lock()
         self.wakeup: Callable[[], None] | None = None  # set by the engine; called after new input (outside the lock)
         self.reset()
@@ -106,6 +109,7 @@ class StreamSession:
             self.drops_before = 0  # samples cut before the last emitted chunk
             self.noise: NoiseSource = ZeroNoise() if self.spec.deterministic else GumbelNoise(self.spec.seed)
             self.metrics = SessionMetrics(chunk_ms=self.geometry.chunk * 20)
+            self._wet_now = self.wet  # wet gain at the end of the last emitted chunk
 
     @property
     def latency_input_samples(self) -> int:
@@ -122,6 +126,13 @@ class StreamSession:
 
     def latency_samples(self, rate: int) -> int:
         return round(self.latency_ms * rate / 1000)
+
+    def set_mix(self, mix: float, bypass: bool = False) -> None:
+        """Output = wet * processed + (1 - wet) * dry, wet = 0 in bypass; changes ramp over the next chunk."""
+        if not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must lie in [0, 1], got {mix}")
+        with self.lock:
+            self.wet = 0.0 if bypass else float(mix)
 
     def update_settings(self, settings: TaskDecoding) -> None:
         with self.lock:
@@ -230,8 +241,9 @@ class StreamSession:
             stop = first + g.chunk * CODEC_FRAME_SAMPLES
             tail = result.wav_24k[stop : stop + g.crossfade_samples]
             fade = g.crossfade_samples if self.tail is not None else 0
-            out24 = crossfade(self.tail, result.wav_24k[first:stop], fade).astype(np.float32)
+            out24 = crossfade(self.tail, result.wav_24k[first:stop], fade)
             self.tail = tail if len(tail) == g.crossfade_samples else None
+            out24 = self._mix(out24, job.dry_24k[first:stop]).astype(np.float32)
             self.hop += 1
             self.in_flight = False
             self._trim_history()
@@ -249,6 +261,15 @@ class StreamSession:
         with self.lock:
             self.in_flight = False
             self.error = exc
+
+    def _mix(self, wet: np.ndarray, dry: np.ndarray) -> np.ndarray:
+        """Blend processed and dry audio of one chunk; the wet gain ramps linearly from its last value."""
+        start, end = self._wet_now, self.wet
+        self._wet_now = end
+        if start == end == 1.0:
+            return wet
+        gain = np.linspace(start, end, len(wet), endpoint=False) if start != end else np.full(len(wet), end)
+        return gain * wet + (1.0 - gain) * dry
 
     # --- output ---------------------------------------------------------------------------------
     def read_output(self) -> np.ndarray:
@@ -284,6 +305,8 @@ class StreamSession:
             tail = tail[: max(0, len(tail) + missing)]
         self._deliver(tail)
         self.done = True
+        if self.on_done is not None:
+            self.on_done()
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def _trim_history(self) -> None:

@@ -1,0 +1,215 @@
+"""The real-time server: one engine (own thread) behind a WebSocket endpoint, plus HTTP on the same port.
+
+``python run_server.py`` / ``metis-rt serve``. Shutdown (SIGINT/SIGTERM): stop accepting, flush every session and
+close it (1001), stop the engine, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
+
+from metis_rt.config import OfficialConfig
+from metis_rt.server import http
+from metis_rt.server import protocol as proto
+from metis_rt.server.config import ServerConfig
+from metis_rt.server.connection import CLOSE_GOING_AWAY, Connection
+from metis_rt.server.voices import VoiceLibrary
+from metis_rt.streaming.config import StreamConfig, stream_decoding
+from metis_rt.streaming.engine import Engine
+from metis_rt.streaming.geometry import Geometry
+from metis_rt.streaming.processor import WindowProcessor
+from metis_rt.streaming.session import SessionSpec, StreamSession
+from metis_rt.streaming.window import ReferenceTokens
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_FLUSH_S = 5.0
+WARMUP_REFERENCE_S = 1.0
+
+
+class MetisServer:
+    def __init__(
+        self,
+        processor: WindowProcessor,
+        official: OfficialConfig,
+        stream_cfg: StreamConfig,
+        cfg: ServerConfig,
+        *,
+        tasks: Iterable[str],
+        tokens: Iterable[str] = (),
+        deterministic: bool = False,
+    ):
+        self.processor = processor
+        self.official = official
+        self.stream_cfg = stream_cfg
+        self.cfg = cfg
+        self.tasks = tuple(tasks)
+        self.tokens = frozenset(tokens)
+        self.deterministic = deterministic
+        self.geometry = Geometry.from_config(stream_cfg.geometry)
+        self.engine = Engine(processor, stream_cfg.engine)
+        self.voices = VoiceLibrary(cfg.voices_dir)
+        self.connections: set[Connection] = set()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._stop: asyncio.Event | None = None
+        self.port: int | None = None
+        self.ready = False
+        self.sessions_served = 0
+
+    # --- sessions -------------------------------------------------------------------------------
+    def check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            raise proto.ProtocolError("task_unavailable", f"this server runs {', '.join(self.tasks)}; not {task!r}")
+
+    def acquire(self, conn: Connection) -> bool:
+        with self._lock:
+            if len(self.connections) >= self.cfg.max_sessions:
+                return False
+            self.connections.add(conn)
+            self.sessions_served += 1
+            return True
+
+    def release(self, conn: Connection) -> None:
+        with self._lock:
+            self.connections.discard(conn)
+        if conn.session is not None:
+            self.engine.remove(conn.session.id)
+
+    def new_session_id(self) -> str:
+        return str(next(self._ids))
+
+    def prepare_reference(self, audio16: np.ndarray, audio24: np.ndarray) -> ReferenceTokens:
+        """Blocking; runs the models on the engine thread (call from a worker thread, not the event loop)."""
+        return self.engine.submit(lambda: self.processor.prepare_reference(audio16, audio24)).result()
+
+    # --- HTTP -----------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return {
+            "status": "ok" if self.ready else "starting",
+            "ready": self.ready,
+            "tasks": list(self.tasks),
+            "sessions": len(self.connections),
+            "max_sessions": self.cfg.max_sessions,
+            "algorithmic_latency_ms": self.geometry.latency_ms,
+            "chunk_ms": self.geometry.chunk * 20,
+            "voices": self.voices.names(),
+            "protocol": proto.PROTOCOL_VERSION,
+        }
+
+    def metrics_text(self) -> str:
+        steps = list(self.engine.step_ms)
+        batches = list(self.engine.batch_sizes)
+        lines = [
+            "# TYPE metis_sessions_active gauge",
+            f"metis_sessions_active {len(self.connections)}",
+            "# TYPE metis_sessions_max gauge",
+            f"metis_sessions_max {self.cfg.max_sessions}",
+            "# TYPE metis_sessions_total counter",
+            f"metis_sessions_total {self.sessions_served}",
+            "# TYPE metis_engine_step_ms gauge",
+            f'metis_engine_step_ms{{quantile="0.5"}} {np.percentile(steps, 50) if steps else 0:.3f}',
+            f'metis_engine_step_ms{{quantile="0.99"}} {np.percentile(steps, 99) if steps else 0:.3f}',
+            "# TYPE metis_engine_batch_size gauge",
+            f"metis_engine_batch_size {np.mean(batches) if batches else 0:.3f}",
+            "# TYPE metis_session_dropped_ms gauge",
+        ]
+        for conn in list(self.connections):
+            if conn.session is not None:
+                snap = conn.session.metrics.snapshot()
+                labels = f'session="{conn.session_id}",task="{conn.start.task}"'
+                lines.append(f"metis_session_dropped_ms{{{labels}}} {snap['dropped_ms']:.1f}")
+                lines.append(f"metis_session_rtf{{{labels}}} {snap['rtf']:.4f}")
+        return "\n".join(lines) + "\n"
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def run(
+        self, host: str | None = None, port: int | None = None, on_ready: Callable[[int], None] | None = None
+    ) -> None:
+        self._stop = asyncio.Event()
+        self.engine.start()
+        try:
+            await asyncio.to_thread(self.warm_up)
+            async with serve(
+                self._handle,
+                host or self.cfg.host,
+                self.cfg.port if port is None else port,
+                process_request=lambda _conn, req: http.route(req, self.tokens, self.health, self.metrics_text),
+                max_size=self.cfg.max_message_bytes,
+            ) as server:
+                self.port = server.sockets[0].getsockname()[1]
+                self.ready = True
+                log.info("listening on ws://%s:%d%s", host or self.cfg.host, self.port, http.STREAM_PATH)
+                if on_ready is not None:
+                    on_ready(self.port)
+                await self._stop.wait()
+                self.ready = False
+                server.close(close_connections=False)  # stop accepting
+                await self._close_all()
+        finally:
+            self.engine.stop()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+
+    async def _handle(self, ws) -> None:
+        conn = Connection(self, ws)
+        try:
+            await conn.run()
+        except ConnectionClosed:
+            log.debug("client went away")
+        except Exception:  # one broken connection must not affect the others
+            log.exception("connection failed")
+            await ws.close(1011, "internal error")
+
+    async def _close_all(self) -> None:
+        async def close(conn: Connection) -> None:
+            try:
+                if conn.session is not None and not conn.session.done:
+                    conn.session.finish()
+                    async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+                        await conn.flushed.wait()
+                        await conn.out.drained()
+            except (TimeoutError, ConnectionClosed):
+                pass
+            await conn.ws.close(CLOSE_GOING_AWAY, "server shutting down")
+
+        await asyncio.gather(*(close(c) for c in list(self.connections)), return_exceptions=True)
+
+    def warm_up(self) -> None:
+        """One hop per task through the engine, so the first client does not pay for lazy initialisation."""
+        rate = 16000
+        for task in self.tasks:
+            reference = None
+            if task in ("tse", "vc"):
+                silence16 = np.zeros(int(WARMUP_REFERENCE_S * rate) + 240, dtype=np.float32)
+                reference = self.prepare_reference(silence16, np.zeros(24000, dtype=np.float32))
+            settings = stream_decoding(self.official, task, self.stream_cfg.steps_for(task))
+            session = StreamSession(
+                -1,
+                SessionSpec(task, rate, rate, settings, deterministic=True),
+                self.geometry,
+                self.stream_cfg.engine,
+                self.processor.num_quantizers,
+                reference,
+            )
+            self.engine.add(session)
+            session.push(np.zeros(self.geometry.ssl_samples_needed(0), dtype=np.float32))
+            self.engine.wait_idle()
+            self.engine.remove(session.id)
+        log.info("warm-up done for %s", ", ".join(self.tasks))

@@ -1,0 +1,109 @@
+"""``metis-rt serve`` / ``python run_server.py``: load the models, warm up, serve until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from metis_rt.config import OFFICIAL_MODEL_CONFIG, TASKS, load_official_config
+from metis_rt.errors import ConfigError, MetisError
+
+log = logging.getLogger("metis_rt.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metis-rt serve", description="real-time Metis server (WebSocket + HTTP)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
+    p.add_argument("--model-dir", "--model", dest="model_dir", type=Path, help="model directory")
+    p.add_argument("--tasks", default=",".join(TASKS), help="tasks to serve (default: se,tse,vc)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--max-sessions", type=int)
+    p.add_argument("--token", action="append", default=[], help="accepted bearer token (repeatable)")
+    p.add_argument("--token-file", type=Path, help="file with one accepted token per line")
+    p.add_argument("--config", type=Path, help="server config YAML (default configs/server.yaml)")
+    p.add_argument("--stream-config", type=Path, help="streaming config YAML (default configs/streaming.yaml)")
+    p.add_argument("--voices-dir", type=Path, help="folder of named reference voices for TSE/VC")
+    p.add_argument("--deterministic", action="store_true", help="noise-free decoding (reproducible tests)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def read_tokens(args) -> list[str]:
+    tokens = list(args.token)
+    if args.token_file is not None:
+        try:
+            lines = args.token_file.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {args.token_file}: {exc}") from exc
+        tokens += [t.strip() for t in lines if t.strip() and not t.startswith("#")]
+    return tokens
+
+
+def build_server(args):
+    import torch
+
+    from metis_rt.models.hub import check_model_dir, default_model_dir
+    from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config_for_tasks
+    from metis_rt.server.app import MetisServer
+    from metis_rt.server.config import SERVER_CONFIG, load_server_config
+    from metis_rt.streaming.config import STREAMING_CONFIG, load_stream_config
+    from metis_rt.streaming.processor import MetisWindowProcessor
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks or set(tasks) - set(TASKS):
+        raise ConfigError(f"--tasks must name some of {', '.join(TASKS)}, got {args.tasks!r}")
+    server_cfg = load_server_config(args.config or SERVER_CONFIG)
+    changes = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "max_sessions": args.max_sessions,
+            "voices_dir": str(args.voices_dir) if args.voices_dir else None,
+        }.items()
+        if v is not None
+    }
+    server_cfg = dataclasses.replace(server_cfg, **changes)
+    model_dir = (args.model_dir or default_model_dir()).expanduser()
+    official = load_official_config(OFFICIAL_MODEL_CONFIG)
+    cfg, _ = resolve_config_for_tasks(model_dir, tasks, official)
+    check_model_dir(model_dir, tasks, cfg)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: no CUDA device available")
+    comps = load_components(model_dir, tasks, cfg, dtype=parse_dtype(args.dtype), device=device)
+    stream_cfg = load_stream_config(args.stream_config or STREAMING_CONFIG)
+    return MetisServer(
+        MetisWindowProcessor(comps),
+        official,
+        stream_cfg,
+        server_cfg,
+        tasks=tasks,
+        tokens=read_tokens(args),
+        deterministic=args.deterministic,
+    )
+
+
+async def _serve(server) -> None:
+    server.install_signal_handlers()
+    await server.run(on_ready=lambda port: print(f"metis-rt server ready on port {port}", flush=True))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = build_server(args)
+    except MetisError as exc:
+        print(f"metis-rt serve: error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(server))
+    return 0
