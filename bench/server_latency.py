@@ -1,0 +1,150 @@
+"""End-to-end latency through the real server, and concurrent real-time sessions.
+
+Starts the server in-process on loopback (tiny reference-layout models by default), then N clients stream speech
+in 20 ms packets at real-time pace. Latency of output sample k = time it was received - time input sample k was
+sent (same rate in and out). N = 1, 2, 4, ... until a session drops input or its latency keeps growing.
+
+  python bench/server_latency.py [--streams 1,2,4,8] [--seconds 8] [--task se]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from websockets.asyncio.client import connect
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from metis_rt.pipeline.components import load_components, resolve_config_for_tasks  # noqa: E402
+from metis_rt.server.app import MetisServer  # noqa: E402
+from metis_rt.server.config import ServerConfig  # noqa: E402
+from metis_rt.streaming.config import load_stream_config  # noqa: E402
+from metis_rt.streaming.processor import MetisWindowProcessor  # noqa: E402
+
+RATE, PACKET = 16000, 320
+
+
+def start_server(model_dir: Path, task: str) -> tuple[MetisServer, int]:
+    cfg, official = resolve_config_for_tasks(model_dir, [task])
+    processor = MetisWindowProcessor(load_components(model_dir, [task], cfg))
+    server = MetisServer(
+        processor, official, load_stream_config(), dataclasses.replace(ServerConfig(), max_sessions=64), tasks=(task,)
+    )
+    ready = threading.Event()
+    threading.Thread(
+        target=lambda: asyncio.run(server.run("127.0.0.1", 0, lambda _p: ready.set())), daemon=True
+    ).start()
+    ready.wait(120)
+    return server, server.port
+
+
+async def client(port: int, task: str, audio: np.ndarray) -> dict:
+    send_times = np.zeros(len(audio))
+    latencies, stats = [], {}
+    async with connect(f"ws://127.0.0.1:{port}/v1/stream", max_size=2**24) as ws:
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.start",
+                    "protocol": 1,
+                    "task": task,
+                    "sample_rate": RATE,
+                    "format": "f32le",
+                    "channels": 1,
+                }
+            )
+        )
+        ready = json.loads(await ws.recv())
+
+        async def sender():
+            t0 = time.perf_counter()
+            for i in range(0, len(audio), PACKET):
+                delay = t0 + i / RATE - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                send_times[i : i + PACKET] = time.perf_counter()
+                await ws.send(audio[i : i + PACKET].astype("<f4").tobytes())
+            await ws.send(json.dumps({"type": "session.end"}))
+
+        async def receiver():
+            received = 0
+            async for message in ws:
+                now = time.perf_counter()
+                if isinstance(message, bytes):
+                    n = len(message) // 4
+                    if received < len(audio) - RATE:  # the flush at the end is not real time
+                        latencies.append((now - send_times[received]) * 1000)
+                    received += n
+                elif json.loads(message)["type"] == "stats":
+                    stats.update(json.loads(message))
+
+        await asyncio.gather(sender(), receiver())
+    return {
+        "latency": latencies,
+        "dropped_ms": stats.get("dropped_ms", 0.0),
+        "algorithmic": ready["algorithmic_latency_ms"],
+        "rtf": stats.get("rtf", 0.0),
+    }
+
+
+async def run_point(port: int, task: str, audio: np.ndarray, n: int) -> dict:
+    results = await asyncio.gather(*(client(port, task, np.roll(audio, 1600 * i)) for i in range(n)))
+    lat = np.concatenate([r["latency"] for r in results])
+    half = [
+        np.median(r["latency"][len(r["latency"]) // 2 :]) - np.median(r["latency"][: len(r["latency"]) // 2])
+        for r in results
+    ]
+    dropped = max(r["dropped_ms"] for r in results)
+    return {
+        "streams": n,
+        "latency_ms_p50": float(np.percentile(lat, 50)),
+        "latency_ms_p99": float(np.percentile(lat, 99)),
+        "dropped_ms": dropped,
+        "latency_growth_ms": float(max(half)),
+        "algorithmic_ms": results[0]["algorithmic"],
+        "real_time": dropped == 0 and max(half) < 120,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", type=Path, default=REPO.parent / "shared" / "parity" / "se")
+    ap.add_argument("--task", default="se")
+    ap.add_argument("--streams", default="1,2,4,8")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    speech, sr = sf.read(REPO / "examples" / "speech_noisy.wav", dtype="float32")
+    assert sr == RATE
+    audio = np.tile(speech, int(np.ceil(args.seconds * RATE / len(speech))))[: int(args.seconds * RATE)]
+    server, port = start_server(args.model_dir, args.task)
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}; task {args.task}")
+    print("| streams | e2e latency p50 ms | p99 ms | algorithmic ms | latency growth ms | dropped ms | real time |")
+    print("|---|---|---|---|---|---|---|")
+    for n in (int(v) for v in args.streams.split(",")):
+        r = asyncio.run(run_point(port, args.task, audio, n))
+        print(
+            f"| {n} | {r['latency_ms_p50']:.0f} | {r['latency_ms_p99']:.0f} | {r['algorithmic_ms']:.0f} | "
+            f"{r['latency_growth_ms']:.0f} | {r['dropped_ms']:.0f} | {'yes' if r['real_time'] else 'no'} |",
+            flush=True,
+        )
+        if not r["real_time"]:
+            break
+
+
+if __name__ == "__main__":
+    main()
