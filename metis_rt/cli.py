@@ -253,7 +253,7 @@ def cmd_process_stream(args) -> int:
         engine.stop()
     write_audio(output, out, CODEC_RATE)
     print(
-        f"{output}: streamed {args.task} with chunk {geometry.chunk * 20} ms, lookahead "
+        f"{output}: streamed {args.task} with chunk {geometry.chunk_ms} ms, lookahead "
         f"{geometry.lookahead * 20} ms, left context {geometry.left * 20} ms, packets {args.packet_ms:g} ms"
     )
     for line in report.lines():

@@ -357,6 +357,8 @@ def test_http_endpoints(server):
     assert health["ready"] and health["tasks"] == ["se", "tse", "vc"] and health["voices"] == ["alice"]
     metrics = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
     assert "metis_sessions_active" in metrics and "metis_engine_step_ms" in metrics
+    page = urllib.request.urlopen(base + "/", timeout=10)
+    assert page.headers["Content-Type"].startswith("text/html") and b"metis-rt" in page.read()
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(base + "/nope", timeout=10)
     assert info.value.code == 404

@@ -101,7 +101,7 @@ class MetisServer:
             "sessions": len(self.connections),
             "max_sessions": self.cfg.max_sessions,
             "algorithmic_latency_ms": self.geometry.latency_ms,
-            "chunk_ms": self.geometry.chunk * 20,
+            "chunk_ms": self.geometry.chunk_ms,
             "voices": self.voices.names(),
             "protocol": proto.PROTOCOL_VERSION,
         }

@@ -171,7 +171,7 @@ class Connection:
                 start.output_sample_rate,
                 start.format,
                 round(session.latency_ms, 2),
-                self.server.geometry.chunk * 20,
+                self.server.geometry.chunk_ms,
             )
         )
 
@@ -315,6 +315,8 @@ class Connection:
                 await self.ws.close(CLOSE_INTERNAL, "processing failed")
                 return
             snap = session.metrics.snapshot()
+            if snap["hops"] == 0:
+                continue  # nothing measured yet: no zeros that look like measurements
             self._queue_event(
                 proto.Stats(
                     round(snap["rtf"], 3),

@@ -69,6 +69,10 @@ class Geometry:
             crossfade_samples=cfg.crossfade_ms * CODEC_RATE // 1000,
         )
 
+    @property
+    def chunk_ms(self) -> int:
+        return self.chunk * FRAME_MS
+
     # --- latency --------------------------------------------------------------------------------
     @property
     def latency_ms(self) -> float:

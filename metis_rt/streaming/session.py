@@ -108,7 +108,7 @@ class StreamSession:
             self.drops: list[tuple[int, int]] = []  # cuts ahead of the last emitted chunk: (16 kHz position, size)
             self.drops_before = 0  # samples cut before the last emitted chunk
             self.noise: NoiseSource = ZeroNoise() if self.spec.deterministic else GumbelNoise(self.spec.seed)
-            self.metrics = SessionMetrics(chunk_ms=self.geometry.chunk * 20)
+            self.metrics = SessionMetrics(chunk_ms=self.geometry.chunk_ms)
             self._wet_now = self.wet  # wet gain at the end of the last emitted chunk
 
     @property
@@ -352,7 +352,7 @@ class StreamSession:
         self.drops.append((at_frame * SSL_FRAME_SAMPLES, n16))
         self.dropped16 += n16
         self.dropped24 += n24
-        self.metrics.dropped_ms += chunks * g.chunk * 20
+        self.metrics.dropped_ms += chunks * g.chunk_ms
 
     def _arrival(self, clock: int) -> float | None:
         """Wall time of the push that delivered input-clock sample ``clock`` (16 kHz), if still remembered."""

@@ -1,0 +1,484 @@
+// metis-rt web client: microphone -> ws://HOST/v1/stream (protocol v1, f32le mono) -> speakers.
+// No framework, no build step. The wire contract is metis_rt/server/protocol.py.
+"use strict";
+
+const PROTOCOL_VERSION = 1;
+const STREAM_PATH = "/v1/stream";
+const BLOCK_MS = 20; // capture block = one binary frame
+const PREBUFFER_MS = 100; // jitter buffer: playback (re)starts once this much is queued
+const MAX_BUFFER_MS = 2000; // jitter buffer bound; older audio is dropped beyond it
+const MAX_SEND_BACKLOG_S = 1.0; // unsent audio in the socket beyond this: new blocks are dropped (counted)
+const RECORD_LIMIT_S = 60; // window.metisTest.recorded keeps at most this much received audio
+const MAX_SERVER_RATE = 48000; // protocol.MAX_RATE
+const MAX_REFERENCE_BYTES = 6 * 1024 * 1024; // base64 of it stays under the server's 8 MiB message limit
+const STOP_TIMEOUT_MS = 5000; // after session.end, close the socket ourselves if the server has not
+const UPDATE_INTERVAL_MS = 100; // at most this often a session.update while the mix slider moves
+const RENDER_INTERVAL_MS = 250;
+const WARNING_SHOW_MS = 5000; // a server warning stays this long after the last one
+const UPLOAD = "__upload__"; // the voice list's "reference file" entry
+const TASK_NEEDS_VOICE = { se: false, tse: true, vc: true };
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+// What a test (or a curious person in the console) can read back.
+const test = {
+  state: "idle", // idle | starting | running | stopping | stopped | error
+  framesReceived: 0,
+  samplesReceived: 0,
+  recorded: [], // Float32Array chunks of received audio, the newest RECORD_LIMIT_S seconds
+  lastStats: null,
+  lastWarning: null,
+  lastError: null, // {code, message}
+  ready: null, // the session.ready message
+  sampleRate: null,
+  blocksSent: 0,
+  blocksDropped: 0,
+  bufferedMs: 0,
+  underruns: 0,
+};
+window.metisTest = test;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  task: $("task"),
+  voiceRow: $("voice-row"),
+  voice: $("voice"),
+  reference: $("reference"),
+  token: $("token"),
+  start: $("start"),
+  stop: $("stop"),
+  bypass: $("bypass"),
+  mix: $("mix"),
+  mixValue: $("mix-value"),
+  state: $("state"),
+  statusLine: $("status-line"),
+  error: $("error"),
+  warning: $("warning"),
+  inLevel: $("in-level"),
+  outLevel: $("out-level"),
+  stats: {
+    algorithmic: $("st-algorithmic"),
+    latency: $("st-latency"),
+    rtf: $("st-rtf"),
+    dropped: $("st-dropped"),
+    buffer: $("st-buffer"),
+    total: $("st-total"),
+    underruns: $("st-underruns"),
+    received: $("st-received"),
+  },
+};
+
+let session = null; // {ws, ctx, stream, capture, playback, stopTimer, recordedSamples}
+let levels = { input: 0, output: 0 };
+let lastUpdateAt = 0;
+let warningTimer = null;
+
+// ----------------------------------------------------------------------------- helpers
+function pcmBytes(samples) {
+  if (LITTLE_ENDIAN) return samples.buffer;
+  const view = new DataView(new ArrayBuffer(samples.length * 4));
+  samples.forEach((x, i) => view.setFloat32(i * 4, x, true));
+  return view.buffer;
+}
+
+function pcmSamples(buffer) {
+  if (LITTLE_ENDIAN) return new Float32Array(buffer);
+  const view = new DataView(buffer);
+  return Float32Array.from({ length: buffer.byteLength / 4 }, (_, i) => view.getFloat32(i * 4, true));
+}
+
+function rms(samples) {
+  let sum = 0;
+  for (let i = 0; i < samples.length; i++) sum += samples[i] * samples[i];
+  return Math.sqrt(sum / Math.max(1, samples.length));
+}
+
+function meterPercent(level) {
+  const db = 20 * Math.log10(level + 1e-9); // -60 dBFS .. 0 dBFS -> 0 .. 100 %
+  return Math.max(0, Math.min(100, ((db + 60) / 60) * 100));
+}
+
+function ms(value, digits = 0) {
+  return value == null || Number.isNaN(value) ? "–" : `${value.toFixed(digits)} ms`;
+}
+
+function streamUrl(token) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  return `${scheme}//${location.host}${STREAM_PATH}${query}`;
+}
+
+function readAsBase64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] ?? "");
+    reader.onerror = () => reject(new Error(`cannot read ${file.name}: ${reader.error}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+function microphoneMessage(err) {
+  switch (err.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return "Microphone permission was denied. Allow microphone access for this page (the icon in the address bar) and press Start again.";
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return "No microphone was found. Connect one and press Start again.";
+    case "NotReadableError":
+    case "AbortError":
+      return "The microphone could not be opened: another application may be using it.";
+    default:
+      return `Could not open the microphone: ${err.name}: ${err.message}`;
+  }
+}
+
+// ----------------------------------------------------------------------------- state and display
+function setState(state) {
+  test.state = state;
+  const active = state === "starting" || state === "running" || state === "stopping";
+  ui.start.disabled = active;
+  ui.stop.disabled = !(state === "starting" || state === "running");
+  ui.task.disabled = active;
+  ui.token.disabled = active;
+  ui.reference.disabled = active || ui.voice.value !== UPLOAD;
+  render();
+}
+
+function showError(code, message) {
+  test.lastError = { code, message };
+  ui.error.textContent = message;
+  ui.error.hidden = false;
+}
+
+function clearMessages() {
+  test.lastError = null;
+  ui.error.hidden = true;
+  ui.warning.hidden = true;
+}
+
+function showWarning(message) {
+  ui.warning.textContent = message;
+  ui.warning.hidden = false;
+  clearTimeout(warningTimer);
+  warningTimer = setTimeout(() => (ui.warning.hidden = true), WARNING_SHOW_MS);
+}
+
+function render() {
+  const stats = test.lastStats;
+  const algorithmic = test.ready?.algorithmic_latency_ms;
+  const serverLatency = stats?.latency_ms || null; // 0 until the first hop was measured
+  const outputMs = session?.ctx ? ((session.ctx.baseLatency || 0) + (session.ctx.outputLatency || 0)) * 1000 : 0;
+  const total = serverLatency == null ? null : serverLatency + test.bufferedMs + outputMs;
+  const s = ui.stats;
+  s.algorithmic.textContent = ms(algorithmic);
+  s.latency.textContent = ms(serverLatency);
+  s.rtf.textContent = stats ? stats.rtf.toFixed(2) : "–";
+  s.rtf.classList.toggle("bad", Boolean(stats && stats.rtf > 1));
+  s.dropped.textContent = stats ? ms(stats.dropped_ms) : "–";
+  s.dropped.classList.toggle("bad", Boolean(stats && stats.dropped_ms > 0));
+  s.buffer.textContent = session ? ms(test.bufferedMs) : "–";
+  s.total.textContent = ms(total);
+  s.underruns.textContent = String(test.underruns);
+  s.received.textContent = test.sampleRate ? `${(test.samplesReceived / test.sampleRate).toFixed(1)} s` : "–";
+  ui.state.textContent = test.state;
+  ui.state.dataset.state = test.state;
+  ui.inLevel.style.width = `${meterPercent(levels.input)}%`;
+  ui.outLevel.style.width = `${meterPercent(levels.output)}%`;
+  ui.statusLine.textContent = statusText(algorithmic, serverLatency, total);
+}
+
+function statusText(algorithmic, serverLatency, total) {
+  const stats = test.lastStats;
+  switch (test.state) {
+    case "idle":
+      return "Ready. Pick a task and press Start.";
+    case "starting":
+      return "Connecting…";
+    case "stopping":
+      return "Stopping: receiving the last audio…";
+    case "stopped":
+      return `Stopped. Received ${(test.samplesReceived / (test.sampleRate || 1)).toFixed(1)} s of audio.`;
+    case "error":
+      return "Stopped with an error (see above).";
+  }
+  const parts = [`Live at ${test.sampleRate} Hz`, `algorithmic ${ms(algorithmic)}`];
+  if (stats) parts.push(`server ${ms(serverLatency)}`, `RTF ${stats.rtf.toFixed(2)}`, `dropped ${ms(stats.dropped_ms)}`);
+  parts.push(`buffer ${ms(test.bufferedMs)}`, `≈ ${ms(total)} total`, `${test.underruns} underruns`);
+  return parts.join(" · ");
+}
+
+// ----------------------------------------------------------------------------- server info
+async function loadServerInfo() {
+  try {
+    const response = await fetch("/healthz", { cache: "no-store" });
+    const health = await response.json();
+    for (const option of ui.task.options) option.disabled = !health.tasks.includes(option.value);
+    if (ui.task.selectedOptions[0]?.disabled) ui.task.value = health.tasks[0];
+    const upload = ui.voice.querySelector(`option[value="${UPLOAD}"]`);
+    for (const name of health.voices) ui.voice.insertBefore(new Option(name, name), upload);
+    if (health.voices.length) ui.voice.value = health.voices[0];
+    updateVoiceRow();
+    return health.tasks;
+  } catch (err) {
+    showError("server_unreachable", `Cannot reach the server's /healthz: ${err.message}`);
+    return null;
+  }
+}
+
+function updateVoiceRow() {
+  ui.voiceRow.hidden = !TASK_NEEDS_VOICE[ui.task.value];
+  ui.reference.disabled = ui.voice.value !== UPLOAD || test.state === "running";
+}
+
+async function voiceFields(task) {
+  if (!TASK_NEEDS_VOICE[task]) return {};
+  if (ui.voice.value !== UPLOAD) return { voice: ui.voice.value };
+  const file = ui.reference.files[0];
+  if (!file) throw new Error(`Task "${task}" needs a voice: pick one or choose a reference recording (wav, flac or ogg, 1–30 s).`);
+  if (file.size > MAX_REFERENCE_BYTES) {
+    throw new Error(`${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MiB; use a recording under 6 MiB (at most 30 s).`);
+  }
+  return { reference: { data: await readAsBase64(file) } };
+}
+
+// ----------------------------------------------------------------------------- session
+async function start() {
+  clearMessages();
+  Object.assign(test, { framesReceived: 0, samplesReceived: 0, recorded: [], lastStats: null, ready: null });
+  Object.assign(test, { lastWarning: null, blocksSent: 0, blocksDropped: 0, bufferedMs: 0, underruns: 0 });
+  const task = ui.task.value;
+  setState("starting");
+  let voice;
+  try {
+    voice = await voiceFields(task);
+  } catch (err) {
+    return fail("reference", err.message);
+  }
+  if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia || !window.AudioWorkletNode) {
+    return fail(
+      "microphone",
+      `The microphone is only available to secure pages: open this client via https:// or http://localhost (this page is ${location.origin}).`,
+    );
+  }
+  session = { recordedSamples: 0 };
+  try {
+    session.stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+  } catch (err) {
+    return fail("microphone", microphoneMessage(err));
+  }
+  try {
+    await openAudio(session);
+  } catch (err) {
+    return fail("audio", `Cannot start audio processing: ${err.message}`);
+  }
+  openSocket(session, task, voice);
+}
+
+async function openAudio(s) {
+  s.ctx = new AudioContext({ latencyHint: "interactive" });
+  if (s.ctx.sampleRate > MAX_SERVER_RATE) {
+    await s.ctx.close(); // the protocol takes at most 48 kHz: let the browser resample
+    s.ctx = new AudioContext({ latencyHint: "interactive", sampleRate: MAX_SERVER_RATE });
+  }
+  await s.ctx.audioWorklet.addModule("worklet.js");
+  await s.ctx.resume();
+  if (s.ctx.state !== "running") throw new Error("the browser keeps audio suspended: press Start (a click is needed)");
+  test.sampleRate = s.ctx.sampleRate;
+  s.capture = new AudioWorkletNode(s.ctx, "capture-processor", {
+    numberOfInputs: 1,
+    numberOfOutputs: 0,
+    channelCount: 1,
+    channelCountMode: "explicit", // down-mix whatever the microphone gives to mono
+    processorOptions: { blockMs: BLOCK_MS },
+  });
+  s.capture.port.onmessage = (event) => sendBlock(s, event.data);
+  s.source = s.ctx.createMediaStreamSource(s.stream);
+  s.source.connect(s.capture);
+  s.playback = new AudioWorkletNode(s.ctx, "playback-processor", {
+    numberOfInputs: 0,
+    numberOfOutputs: 1,
+    outputChannelCount: [1],
+    processorOptions: { prebufferMs: PREBUFFER_MS, maxBufferMs: MAX_BUFFER_MS },
+  });
+  s.playback.port.onmessage = (event) => {
+    test.bufferedMs = event.data.bufferedMs;
+    test.underruns = event.data.underruns;
+  };
+  s.playback.connect(s.ctx.destination);
+}
+
+function openSocket(s, task, voice) {
+  const rate = s.ctx.sampleRate;
+  s.ws = new WebSocket(streamUrl(ui.token.value.trim()));
+  s.ws.binaryType = "arraybuffer";
+  s.ws.onopen = () => {
+    s.ws.send(
+      JSON.stringify({
+        type: "session.start",
+        protocol: PROTOCOL_VERSION,
+        task,
+        sample_rate: rate,
+        format: "f32le",
+        channels: 1,
+        output_sample_rate: rate,
+        ...voice,
+        options: { bypass: ui.bypass.checked, mix: Number(ui.mix.value) },
+      }),
+    );
+  };
+  s.ws.onmessage = (event) => (typeof event.data === "string" ? onEvent(s, JSON.parse(event.data)) : onAudio(s, event.data));
+  s.ws.onclose = (event) => onClose(s, event);
+  s.renderTimer = setInterval(render, RENDER_INTERVAL_MS);
+}
+
+function sendBlock(s, block) {
+  levels.input = rms(block);
+  if (test.state !== "running" || s.ws.readyState !== WebSocket.OPEN) return;
+  if (s.ws.bufferedAmount > MAX_SEND_BACKLOG_S * s.ctx.sampleRate * 4) {
+    test.blocksDropped += 1; // the network cannot keep up: drop instead of queueing without bound
+    return;
+  }
+  s.ws.send(pcmBytes(block));
+  test.blocksSent += 1;
+}
+
+function onAudio(s, buffer) {
+  const samples = pcmSamples(buffer);
+  test.framesReceived += 1;
+  test.samplesReceived += samples.length;
+  test.recorded.push(samples);
+  s.recordedSamples += samples.length;
+  while (s.recordedSamples > RECORD_LIMIT_S * s.ctx.sampleRate) s.recordedSamples -= test.recorded.shift().length;
+  levels.output = rms(samples);
+  s.playback.port.postMessage(samples); // a copy; `recorded` keeps the original
+}
+
+function onEvent(s, message) {
+  switch (message.type) {
+    case "session.ready":
+      test.ready = message;
+      setState("running");
+      break;
+    case "stats":
+      test.lastStats = message;
+      break;
+    case "warning":
+      test.lastWarning = message;
+      showWarning(`Server warning (${message.code}): ${message.message}`);
+      break;
+    case "error":
+      showError(message.code, `Server error (${message.code}): ${message.message}`);
+      if (test.state === "starting") s.ws.close(); // the handshake failed: nothing to keep open
+      break;
+    case "busy":
+      showError("busy", `The server is busy (all sessions taken). Try again in ${message.retry_after_s} s.`);
+      break;
+    default: // session.updated, flushed: nothing to show
+      break;
+  }
+  render();
+}
+
+function onClose(s, event) {
+  if (s !== session) return;
+  if (test.state === "stopping") {
+    finish(s, "stopped");
+    return;
+  }
+  if (!test.lastError) {
+    const why = event.reason ? `${event.code} ${event.reason}` : `code ${event.code}`;
+    const hint = test.ready ? "" : " Check that the server is running and, if it needs one, the token.";
+    showError("closed", `The connection closed unexpectedly (${why}).${hint}`);
+    if (!test.ready) explainRefusal();
+  }
+  finish(s, "error");
+}
+
+async function explainRefusal() {
+  // A refused WebSocket upgrade only shows as code 1006; a plain GET of the endpoint tells a wrong token apart.
+  try {
+    const token = ui.token.value.trim();
+    const response = await fetch(`${STREAM_PATH}${token ? `?token=${encodeURIComponent(token)}` : ""}`);
+    if (response.status === 401 && test.lastError?.code === "closed") {
+      showError("unauthorized", "The server refused the connection: its token is missing or wrong. Enter it under Token.");
+    }
+  } catch {
+    // the server is unreachable: the message already says to check it
+  }
+}
+
+function stop() {
+  const s = session;
+  if (!s) return;
+  if (test.state !== "running" || s.ws?.readyState !== WebSocket.OPEN) {
+    finish(s, "stopped");
+    return;
+  }
+  setState("stopping");
+  s.source.disconnect(); // no more input; the server flushes what it has, then closes the socket
+  s.stream.getTracks().forEach((track) => track.stop());
+  s.playback.port.postMessage("drain");
+  s.ws.send(JSON.stringify({ type: "session.end" }));
+  s.stopTimer = setTimeout(() => s.ws.close(), STOP_TIMEOUT_MS);
+}
+
+function fail(code, message) {
+  showError(code, message);
+  if (session) finish(session, "error");
+  else setState("error");
+}
+
+function finish(s, state) {
+  clearTimeout(s.stopTimer);
+  clearInterval(s.renderTimer);
+  s.stream?.getTracks().forEach((track) => track.stop());
+  if (s.ws && s.ws.readyState <= WebSocket.OPEN) s.ws.close();
+  const ctx = s.ctx;
+  const playOutMs = state === "stopped" ? Math.min(test.bufferedMs, MAX_BUFFER_MS) : 0;
+  if (ctx) setTimeout(() => ctx.close(), playOutMs + 50); // let the last received audio play out
+  session = null;
+  levels = { input: 0, output: 0 };
+  setState(state);
+}
+
+function sendUpdate(fields, force = false) {
+  const now = performance.now();
+  if (test.state !== "running" || (!force && now - lastUpdateAt < UPDATE_INTERVAL_MS)) return;
+  lastUpdateAt = now;
+  session.ws.send(JSON.stringify({ type: "session.update", options: {}, ...fields }));
+}
+
+// ----------------------------------------------------------------------------- wiring
+function mixOptions() {
+  ui.mixValue.textContent = `${Math.round(Number(ui.mix.value) * 100)}%`;
+  return { options: { bypass: ui.bypass.checked, mix: Number(ui.mix.value) } };
+}
+
+ui.start.addEventListener("click", start);
+ui.stop.addEventListener("click", stop);
+ui.task.addEventListener("change", updateVoiceRow);
+ui.voice.addEventListener("change", () => {
+  updateVoiceRow();
+  if (ui.voice.value !== UPLOAD && TASK_NEEDS_VOICE[ui.task.value]) sendUpdate({ voice: ui.voice.value }, true);
+});
+ui.bypass.addEventListener("change", () => sendUpdate(mixOptions(), true));
+ui.mix.addEventListener("input", () => sendUpdate(mixOptions()));
+ui.mix.addEventListener("change", () => sendUpdate(mixOptions(), true));
+
+const params = new URLSearchParams(location.search);
+if (params.has("token")) ui.token.value = params.get("token");
+if (params.has("task")) ui.task.value = params.get("task");
+mixOptions();
+setState("idle");
+loadServerInfo().then((tasks) => {
+  const task = params.get("task");
+  if (task && tasks && !tasks.includes(task)) {
+    showError("task_unavailable", `This server runs ${tasks.join(", ")}; the link asks for "${task}".`);
+    return;
+  }
+  if (params.has("voice")) ui.voice.value = params.get("voice");
+  updateVoiceRow();
+  if (params.get("autostart") === "1") start();
+});

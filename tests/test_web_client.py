@@ -1,0 +1,269 @@
+"""The browser client (metis_rt/server/web) end to end: headless Chromium, a fake microphone playing a WAV file,
+the real server on tiny models. Chromium is driven over the DevTools protocol (CDP) with the ``websockets`` package.
+
+Needs Debian's ``chromium`` package (CI installs it); without it the test fails and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import soxr
+import websockets
+
+from .conftest import EXAMPLES_DIR
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+TOKEN = "web-test-token"
+FAKE_MIC_RATE = 48000
+SERVER_START_S = 60.0
+BROWSER_START_S = 20.0
+AUDIO_WAIT_S = 30.0
+STOP_WAIT_S = 10.0
+MIN_RECEIVED_S = 0.5  # processed audio the page must have received
+MIN_RMS = 1e-3  # "not silent"
+MIN_PNG_BYTES = 5000
+SCREENSHOT_COPY = Path("/tmp/metis_web.png")  # for a person to look at
+
+# Resolves (inside the page) once enough audio came back, or as soon as the page reports an error.
+WAIT_FOR_AUDIO_JS = """
+new Promise((resolve) => {
+  const t = window.metisTest;
+  const check = () => {
+    const enough = t && t.sampleRate && t.samplesReceived >= %(seconds)s * t.sampleRate && t.lastStats;
+    if (enough || (t && (t.lastError || t.state === "error"))) resolve(true);
+    else setTimeout(check, 100);
+  };
+  check();
+})
+"""
+SUMMARY_JS = """
+(() => {
+  const t = window.metisTest;
+  let sum = 0, peak = 0, n = 0, finite = true;
+  for (const chunk of t.recorded) {
+    for (const x of chunk) {
+      if (!Number.isFinite(x)) finite = false;
+      sum += x * x; peak = Math.max(peak, Math.abs(x)); n += 1;
+    }
+  }
+  return {
+    state: t.state, framesReceived: t.framesReceived, samplesReceived: t.samplesReceived,
+    sampleRate: t.sampleRate, lastStats: t.lastStats, lastError: t.lastError, ready: t.ready,
+    blocksSent: t.blocksSent, recordedSamples: n, finite, rms: Math.sqrt(sum / Math.max(1, n)), peak,
+    errorShown: !document.getElementById("error").hidden,
+  };
+})()
+"""
+WAIT_FOR_STOP_JS = """
+new Promise((resolve) => {
+  const check = () => (["stopped", "error"].includes(window.metisTest.state) ? resolve(window.metisTest.state)
+                                                                              : setTimeout(check, 100));
+  check();
+})
+"""
+
+
+def find_browser() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail(
+        "the web client test needs Chromium and none was found on PATH "
+        f"(looked for {', '.join(BROWSERS)}); install it: apt-get install -y chromium"
+    )
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def web_server(combined_model_dir):
+    """The real server (SE only, one token) on 127.0.0.1:<free port>, in a thread of this process."""
+    from metis_rt.server.main import build_parser, build_server
+
+    args = build_parser().parse_args(
+        ["--model-dir", str(combined_model_dir), "--port", "0", "--tasks", "se", "--deterministic", "--token", TOKEN]
+    )
+    server = build_server(args)
+    ready = threading.Event()
+    loop_box: list[asyncio.AbstractEventLoop] = []
+
+    async def serve() -> None:
+        loop_box.append(asyncio.get_running_loop())
+        await server.run(host="127.0.0.1", port=0, on_ready=lambda _port: ready.set())
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="metis-server", daemon=True)
+    thread.start()
+    if not ready.wait(SERVER_START_S):
+        pytest.fail(f"the server did not become ready within {SERVER_START_S:g} s")
+    yield server
+    loop_box[0].call_soon_threadsafe(server.stop)
+    thread.join(timeout=15)
+
+
+@pytest.fixture
+def fake_mic_wav(tmp_path) -> Path:
+    """examples/speech_noisy.wav as 48 kHz mono 16-bit PCM: what Chromium's fake capture device plays (looped)."""
+    samples, rate = sf.read(EXAMPLES_DIR / "speech_noisy.wav", dtype="float32", always_2d=True)
+    mono = soxr.resample(samples.mean(axis=1), rate, FAKE_MIC_RATE)
+    path = tmp_path / "fake_mic.wav"
+    sf.write(path, mono, FAKE_MIC_RATE, subtype="PCM_16")
+    return path
+
+
+class Browser:
+    """A headless Chromium process with a DevTools port (the port comes from its DevToolsActivePort file)."""
+
+    def __init__(self, mic_wav: Path, workdir: Path):
+        profile = workdir / "profile"
+        self.log_path = workdir / "chromium.log"
+        self.log = self.log_path.open("wb")
+        command = [
+            find_browser(),
+            "--headless=new",
+            "--no-sandbox",  # CI runs as root
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--window-size=820,900",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic_wav}",
+            "--autoplay-policy=no-user-gesture-required",
+            "about:blank",
+        ]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = self._devtools_port(profile / "DevToolsActivePort")
+
+    def _devtools_port(self, port_file: Path) -> int:
+        deadline = time.monotonic() + BROWSER_START_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"chromium exited with {self.process.returncode}:\n{self.log_tail()}")
+            text = port_file.read_text() if port_file.exists() else ""
+            if "\n" in text:  # "PORT\nPATH\n", written once the port is open
+                return int(text.split("\n", 1)[0])
+            time.sleep(0.05)  # the file appears once the browser is up; nothing to await on
+        pytest.fail(f"chromium did not open its DevTools port within {BROWSER_START_S:g} s:\n{self.log_tail()}")
+
+    def page_socket_url(self) -> str:
+        """The DevTools WebSocket of the blank tab the browser opened with."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=5) as reply:
+            targets = json.load(reply)
+        for target in targets:
+            if target["type"] == "page" and target["url"] == "about:blank":
+                return target["webSocketDebuggerUrl"]
+        raise AssertionError(f"no blank page among the browser's targets {[t['url'] for t in targets]}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+class Page:
+    """Minimal CDP client for one page: commands by id; events are kept until someone waits for them."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.ids = itertools.count(1)
+        self.events: list[dict] = []
+
+    async def _next(self) -> dict:
+        message = json.loads(await self.ws.recv())
+        if "method" in message:
+            self.events.append(message)
+        return message
+
+    async def call(self, method: str, **params) -> dict:
+        call_id = next(self.ids)
+        await self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
+        while True:
+            message = await self._next()
+            if message.get("id") == call_id:
+                if "error" in message:
+                    raise AssertionError(f"CDP {method} failed: {message['error']}")
+                return message["result"]
+
+    async def event(self, method: str, timeout_s: float) -> dict:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                found = next((e for e in self.events if e["method"] == method), None)
+                if found is not None:
+                    self.events.remove(found)
+                    return found["params"]
+                await self._next()
+
+    async def open(self, url: str, timeout_s: float = 10.0) -> None:
+        """Navigate and wait for the load event, so that later evaluations run in the page's own context."""
+        await self.call("Page.enable")
+        await self.call("Page.navigate", url=url)
+        await self.event("Page.loadEventFired", timeout_s)
+
+    async def evaluate(self, expression: str, timeout_s: float = 10.0):
+        async with asyncio.timeout(timeout_s):
+            result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"page script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+
+# ----------------------------------------------------------------------------- the test
+async def drive(socket_url: str, page_url: str, screenshot: Path) -> tuple[dict, str]:
+    async with websockets.connect(socket_url, max_size=None) as ws:
+        page = Page(ws)
+        await page.open(page_url)
+        await page.evaluate(WAIT_FOR_AUDIO_JS % {"seconds": MIN_RECEIVED_S}, timeout_s=AUDIO_WAIT_S)
+        summary = await page.evaluate(SUMMARY_JS)
+        shot = await page.call("Page.captureScreenshot", format="png")
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        await page.evaluate('document.getElementById("stop").click()')
+        final_state = await page.evaluate(WAIT_FOR_STOP_JS, timeout_s=STOP_WAIT_S)
+        return summary, final_state
+
+
+def test_browser_streams_microphone_through_the_server(web_server, fake_mic_wav, tmp_path):
+    base = f"http://127.0.0.1:{web_server.port}/"
+    browser = Browser(fake_mic_wav, tmp_path)
+    screenshot = tmp_path / "page.png"
+    try:
+        page_url = f"{base}?autostart=1&task=se&token={TOKEN}"
+        summary, final_state = asyncio.run(drive(browser.page_socket_url(), page_url, screenshot))
+    except (TimeoutError, AssertionError) as exc:
+        raise AssertionError(f"{exc!r}\nchromium log:\n{browser.log_tail()}") from exc
+    finally:
+        browser.close()
+
+    assert summary["lastError"] is None and not summary["errorShown"], summary
+    assert summary["ready"]["type"] == "session.ready" and summary["ready"]["algorithmic_latency_ms"] > 0
+    assert summary["lastStats"]["type"] == "stats" and summary["lastStats"]["hops"] >= 1
+    assert summary["blocksSent"] > 0
+    rate = summary["sampleRate"]
+    assert summary["samplesReceived"] >= MIN_RECEIVED_S * rate, summary
+    assert summary["recordedSamples"] == summary["samplesReceived"]
+    assert summary["finite"] and summary["rms"] > MIN_RMS, summary
+    assert final_state == "stopped"
+
+    png = screenshot.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > MIN_PNG_BYTES
+    SCREENSHOT_COPY.write_bytes(png)
