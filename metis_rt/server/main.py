@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-config", type=Path, help="streaming config YAML (default configs/streaming.yaml)")
     p.add_argument("--voices-dir", type=Path, help="folder of named reference voices for TSE/VC")
     p.add_argument("--deterministic", action="store_true", help="noise-free decoding (reproducible tests)")
+    p.add_argument("--threads", type=int, help="CPU threads for the models (default: torch's choice)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -75,6 +76,10 @@ def build_server(args):
     official = load_official_config(OFFICIAL_MODEL_CONFIG)
     cfg, _ = resolve_config_for_tasks(model_dir, tasks, official)
     check_model_dir(model_dir, tasks, cfg)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device available")

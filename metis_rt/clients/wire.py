@@ -1,0 +1,199 @@
+"""The client side of wire protocol v1 (``metis_rt/server/protocol.py``): messages, output frames, the handshake.
+
+Everything but :func:`open_session` is pure (JSON and numpy). :func:`open_session` connects, sends
+``session.start`` and waits for ``session.ready``, turning every way that can fail into a :class:`ClientError`
+whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
+
+from metis_rt.errors import MetisError
+from metis_rt.server import protocol as proto
+from metis_rt.server.http import STREAM_PATH
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+OPEN_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 60.0  # session.start -> session.ready (a reference recording is encoded on the server)
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # output frames are one hop (~0.25 s), a flush tail at most a few seconds
+
+
+class ClientError(MetisError):
+    """The client cannot go on (connection, handshake, server failure); the message says what to do."""
+
+
+class ServerRejected(ClientError):
+    """The server answered ``session.start`` (or a later message) with an ``error`` event."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"server error {code}: {message}")
+        self.code = code
+
+
+class ServerBusy(ClientError):
+    """The server has no free session slot."""
+
+    def __init__(self, retry_after_s: float):
+        super().__init__(f"server busy: all session slots are taken; retry in {retry_after_s:g} s")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The server's ``session.ready``."""
+
+    session_id: str
+    sample_rate: int
+    output_sample_rate: int
+    format: str
+    algorithmic_latency_ms: float
+    chunk_ms: int
+
+
+# ----------------------------------------------------------------------------- messages (pure)
+def stream_url(server: str) -> str:
+    """``ws://host:port`` -> the stream endpoint URL; a URL with a path (e.g. ``.../v1/stream?token=T``) is kept."""
+    parts = urlsplit(server)
+    if parts.path in ("", "/"):
+        parts = parts._replace(path=STREAM_PATH)
+    return urlunsplit(parts)
+
+
+def start_message(
+    task: str,
+    sample_rate: int,
+    fmt: str,
+    output_sample_rate: int,
+    *,
+    voice: str | None = None,
+    reference: bytes | None = None,
+    options: dict[str, Any] | None = None,
+) -> str:
+    """The ``session.start`` JSON; ``reference`` is the raw bytes of an audio file (sent base64)."""
+    message: dict[str, Any] = {
+        "type": "session.start",
+        "protocol": proto.PROTOCOL_VERSION,
+        "task": task,
+        "sample_rate": sample_rate,
+        "output_sample_rate": output_sample_rate,
+        "format": fmt,
+        "channels": 1,
+    }
+    if voice is not None:
+        message["voice"] = voice
+    if reference is not None:
+        message["reference"] = {"data": base64.b64encode(reference).decode("ascii")}
+    if options:
+        message["options"] = dict(options)
+    return json.dumps(message, separators=(",", ":"))
+
+
+def update_message(**options: Any) -> str:
+    return json.dumps({"type": "session.update", "options": options}, separators=(",", ":"))
+
+
+def control_message(kind: str) -> str:
+    """``flush`` or ``session.end``."""
+    return json.dumps({"type": kind})
+
+
+def encode_audio(samples: np.ndarray, fmt: str) -> bytes:
+    return proto.encode_pcm(np.asarray(samples, dtype=np.float32), fmt)
+
+
+def decode_audio(frame: bytes, fmt: str) -> np.ndarray:
+    """A server output frame -> float32 samples (no length limit: a flush tail may exceed one second)."""
+    dtype = proto.FORMATS[fmt]
+    usable = len(frame) - len(frame) % dtype.itemsize
+    samples = np.frombuffer(frame[:usable], dtype=dtype)
+    if fmt == "pcm_s16le":
+        return samples.astype(np.float32) / np.float32(proto.PCM16_SCALE)
+    return samples.astype(np.float32)
+
+
+def parse_event(text: str) -> dict[str, Any]:
+    """A server text frame -> dict with a ``type``; an unparsable frame becomes ``{"type": "invalid"}``."""
+    try:
+        event = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {"type": "invalid", "text": text[:200]}
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        return {"type": "invalid", "text": text[:200]}
+    return event
+
+
+def ready_from(event: dict[str, Any]) -> Ready:
+    return Ready(
+        str(event["session_id"]),
+        int(event["sample_rate"]),
+        int(event["output_sample_rate"]),
+        str(event["format"]),
+        float(event["algorithmic_latency_ms"]),
+        int(event["chunk_ms"]),
+    )
+
+
+def close_description(ws: ClientConnection) -> str:
+    code, reason = ws.close_code, ws.close_reason
+    return f"code {code}" + (f" ({reason})" if reason else "")
+
+
+# ----------------------------------------------------------------------------- connecting
+async def open_session(url: str, start: str, token: str | None = None) -> tuple[ClientConnection, Ready]:
+    """Connect to ``url``, send ``start`` and wait for ``session.ready``. The caller closes the connection."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        ws = await connect(
+            url, additional_headers=headers, open_timeout=OPEN_TIMEOUT_S, max_size=MAX_MESSAGE_BYTES, compression=None
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        hint = " (missing or wrong --token)" if status == 401 else ""
+        raise ClientError(f"{url} refused the WebSocket upgrade: HTTP {status}{hint}") from exc
+    except InvalidURI as exc:
+        raise ClientError(f"{url!r} is not a WebSocket URL; expected ws://HOST:PORT or wss://HOST:PORT") from exc
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise ClientError(f"cannot connect to {url}: {exc}; is the server running (python run_server.py)?") from exc
+    try:
+        ready = await handshake(ws, start)
+    except BaseException:
+        await ws.close()
+        raise
+    return ws, ready
+
+
+async def handshake(ws: ClientConnection, start: str) -> Ready:
+    """Send ``session.start`` on an open connection and wait for ``session.ready`` (busy and error events raise)."""
+    try:
+        await ws.send(start)
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            while True:
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    continue
+                event = parse_event(message)
+                kind = event["type"]
+                if kind == "session.ready":
+                    return ready_from(event)
+                if kind == "busy":
+                    raise ServerBusy(float(event.get("retry_after_s", 0)))
+                if kind == "error":
+                    raise ServerRejected(str(event.get("code")), str(event.get("message")))
+                log.info("server %s before session.ready: %s", kind, event)
+    except ConnectionClosed as exc:
+        raise ClientError(f"the server closed the connection before session.ready: {close_description(ws)}") from exc
+    except TimeoutError as exc:
+        raise ClientError(f"no session.ready within {HANDSHAKE_TIMEOUT_S:g} s of session.start") from exc
