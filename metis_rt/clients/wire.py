@@ -11,7 +11,6 @@ import asyncio
 import base64
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,16 +50,7 @@ class ServerBusy(ClientError):
         self.retry_after_s = retry_after_s
 
 
-@dataclass(frozen=True)
-class Ready:
-    """The server's ``session.ready``."""
-
-    session_id: str
-    sample_rate: int
-    output_sample_rate: int
-    format: str
-    algorithmic_latency_ms: float
-    chunk_ms: int
+Ready = proto.SessionReady  # the server's session.ready, as the protocol module defines it
 
 
 # ----------------------------------------------------------------------------- messages (pure)
@@ -135,8 +125,8 @@ def parse_event(text: str) -> dict[str, Any]:
     return event
 
 
-def ready_from(event: dict[str, Any]) -> Ready:
-    return Ready(
+def ready_from(event: dict[str, Any]) -> proto.SessionReady:
+    return proto.SessionReady(
         str(event["session_id"]),
         int(event["sample_rate"]),
         int(event["output_sample_rate"]),
