@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from metis_rt.config import TASKS, ModelConfig
 from metis_rt.errors import ConfigError, MetisError, MissingWeightsError
+from metis_rt.models.stage1_loading import FULL_VARIANT_FILES, stage1_files
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +125,9 @@ def lora_rank(cfg: ModelConfig, task: str) -> int:
     return cfg.lora_for(task).r
 
 
-def _lora_pair(task: str, rank: int) -> tuple[WeightFile, WeightFile]:
-    stem = f"metis_{task}/metis_{task}_lora_{rank}"
-    return (
-        _same_path(METIS_REPO, f"{stem}.safetensors", (task,)),
-        _same_path(METIS_REPO, f"{stem}_adapter.safetensors", (task,)),
-    )
+def _lora_pair(task: str, cfg: ModelConfig) -> tuple[WeightFile, WeightFile]:
+    files = stage1_files(task, cfg)  # the loader's own names (rank from cfg.lora[task])
+    return _same_path(METIS_REPO, files.lora, (task,)), _same_path(METIS_REPO, files.adapter, (task,))
 
 
 def weight_table(cfg: ModelConfig | None = None) -> tuple[WeightFile, ...]:
@@ -143,8 +141,8 @@ def weight_table(cfg: ModelConfig | None = None) -> tuple[WeightFile, ...]:
         _same_path(MASKGCT_REPO, "acoustic_codec/model_1.safetensors"),
         _same_path(MASKGCT_REPO, "s2a_model/s2a_model_1layer/model.safetensors"),
         _same_path(MASKGCT_REPO, "s2a_model/s2a_model_full/model.safetensors"),
-        _same_path(METIS_REPO, "metis_base/model.safetensors", LORA_TASKS),
-        *(f for task in LORA_TASKS for f in _lora_pair(task, lora_rank(cfg, task))),
+        _same_path(METIS_REPO, FULL_VARIANT_FILES["base"], LORA_TASKS),
+        *(f for task in LORA_TASKS for f in _lora_pair(task, cfg)),
         # later tasks, one line each once their task names exist in config.TASKS:
         # _same_path(METIS_REPO, "metis_l2s/metis_l2s.safetensors", ("l2s",)),
         # _same_path(METIS_REPO, "metis_omni/metis_omni.safetensors", ("omni",)),

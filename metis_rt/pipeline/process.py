@@ -50,9 +50,7 @@ def task_settings(official: OfficialConfig, task: str, ov: DecodingOverrides = D
     s2a = base.s2a
     if ov.s2a_steps is not None:
         if len(ov.s2a_steps) != len(s2a.steps_full):
-            raise ConfigError(
-                f"--s2a-steps needs {len(s2a.steps_full)} values (one per layer), got {len(ov.s2a_steps)}"
-            )
+            raise ConfigError(f"S2A steps need {len(s2a.steps_full)} values (one per layer), got {len(ov.s2a_steps)}")
         s2a = dataclasses.replace(s2a, steps_1layer=(ov.s2a_steps[0],), steps_full=tuple(ov.s2a_steps))
     s2a = dataclasses.replace(s2a, **_given(cfg_full=ov.s2a_cfg, temperature=ov.s2a_temperature))
     if s1.steps < 1 or min(s2a.steps_full + s2a.steps_1layer) < 1:

@@ -263,8 +263,8 @@ class Connection:
             except KeyError:
                 names = self.server.voices.names()
                 raise proto.ProtocolError("unknown_voice", f"no voice {voice!r}; available: {names}") from None
-        audio16, audio24 = decode_reference(data, proto.MAX_REFERENCE_S)
-        return await asyncio.to_thread(prepare, audio16, audio24)
+        # decoding + resampling up to 30 s of audio is CPU work: off the event loop, like the model work
+        return await asyncio.to_thread(lambda: prepare(*decode_reference(data, proto.MAX_REFERENCE_S)))
 
     # --- sending --------------------------------------------------------------------------------
     async def _event(self, message) -> None:

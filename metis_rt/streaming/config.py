@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from metis_rt.config import CONFIG_DIR, OfficialConfig, TaskDecoding, apply_overrides, from_dict, read_mapping
-from metis_rt.errors import ConfigError
+from metis_rt.pipeline.process import DecodingOverrides, task_settings
 from metis_rt.streaming.geometry import GeometryConfig
 
 STREAMING_CONFIG = CONFIG_DIR / "streaming.yaml"
@@ -46,13 +45,5 @@ def load_stream_config(path: str | Path = STREAMING_CONFIG, overrides: Sequence[
 
 
 def stream_decoding(official: OfficialConfig, task: str, steps: StepsConfig) -> TaskDecoding:
-    """The task's official decoding settings with the stream's step counts."""
-    if task not in official.decoding:
-        raise ConfigError(f"no decoding settings for task {task!r}; configured: {sorted(official.decoding)}")
-    base = official.decoding[task]
-    if len(steps.s2a) != len(base.s2a.steps_full):
-        raise ConfigError(f"steps.s2a needs {len(base.s2a.steps_full)} entries (one per layer), got {len(steps.s2a)}")
-    if steps.stage1 < 1 or min(steps.s2a) < 1:
-        raise ConfigError("decoding steps must be at least 1")
-    s2a = dataclasses.replace(base.s2a, steps_1layer=(steps.s2a[0],), steps_full=tuple(steps.s2a))
-    return TaskDecoding(dataclasses.replace(base.stage1, steps=steps.stage1), s2a)
+    """The task's official decoding settings with the stream's step counts (validated like the CLI overrides)."""
+    return task_settings(official, task, DecodingOverrides(stage1_steps=steps.stage1, s2a_steps=tuple(steps.s2a)))

@@ -66,8 +66,10 @@ class IdentityProcessor:
 
     def prepare_reference(self, reference_16k, reference_24k) -> ReferenceTokens:
         frames = len(reference_24k) // CODEC_FRAME_SAMPLES
-        zeros = np.zeros(frames, dtype=np.int64)
-        return ReferenceTokens(zeros, np.zeros((frames, self.num_quantizers), np.int64), torch.zeros(frames, 1))
+        zeros = torch.zeros(frames, dtype=torch.long)
+        return ReferenceTokens(
+            zeros, torch.zeros(frames, self.num_quantizers, dtype=torch.long), torch.zeros(frames, 1)
+        )
 
     def run(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
         return [
@@ -101,7 +103,7 @@ class MetisWindowProcessor:
         features = self.comps.ssl(ref16)
         semantic, _ = self.comps.semantic_codec.quantize(features)
         acoustic = self.pipeline.acoustic_tokens(reference_24k[: frames * CODEC_FRAME_SAMPLES])
-        return ReferenceTokens(semantic[0].cpu().numpy(), acoustic[0].cpu().numpy(), features[0])
+        return ReferenceTokens(semantic[0], acoustic[0], features[0])
 
     @torch.inference_mode()
     def run(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
@@ -138,8 +140,8 @@ class MetisWindowProcessor:
             for i in idx:
                 job, prompt, cond = jobs[i], self._long(jobs[i].left_semantic), features[i]
                 if job.reference is not None:
-                    prompt = torch.cat([self._long(job.reference.semantic), prompt])
-                    cond = torch.cat([job.reference.features.to(cond.dtype), cond])
+                    prompt = torch.cat([job.reference.semantic, prompt])
+                    cond = torch.cat([job.reference.features, cond])
                 prompts.append(prompt)
                 conds.append(cond)
             prompt_ids, mask = left_pad(prompts)
@@ -164,8 +166,8 @@ class MetisWindowProcessor:
                 sem = torch.cat([self._long(job.s2a_semantic), semantic[i]])
                 prompt = self._long(job.s2a_acoustic)
                 if job.reference is not None:
-                    sem = torch.cat([self._long(job.reference.semantic), sem])
-                    prompt = torch.cat([self._long(job.reference.acoustic), prompt])
+                    sem = torch.cat([job.reference.semantic, sem])
+                    prompt = torch.cat([job.reference.acoustic, prompt])
                 sems.append(sem)
                 prompts.append(prompt)
             semantic_ids, _ = left_pad(sems)

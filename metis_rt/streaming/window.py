@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from metis_rt.config import TaskDecoding
 from metis_rt.models.decoding import NoiseSource
@@ -12,14 +13,15 @@ from metis_rt.models.decoding import NoiseSource
 
 @dataclass(frozen=True)
 class ReferenceTokens:
-    """A target speaker's prompt, computed once per session (TSE/VC), all covering the same R frames.
+    """A target speaker's prompt, computed once per session (TSE/VC), all covering the same R frames, kept on the
+    model device so no hop converts it again.
 
     semantic [R] int64, acoustic [R, Q] int64, features [R, D] float (normalised w2v-BERT features).
     """
 
-    semantic: np.ndarray
-    acoustic: np.ndarray
-    features: np.ndarray
+    semantic: torch.Tensor
+    acoustic: torch.Tensor
+    features: torch.Tensor
 
     @property
     def frames(self) -> int:
