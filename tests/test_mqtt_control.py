@@ -9,7 +9,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from metis_rt.control.commands import (
     parse_command,
 )
 from metis_rt.control.mqtt import MqttControl
+
+from .realparts import MOSQUITTO, Broker, free_port
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 NODE = "laptop"
@@ -160,52 +161,9 @@ def test_parse_command_invalid(setting, payload, reason):
 
 # ----------------------------------------------------------------------------- real broker
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    """A mosquitto process on 127.0.0.1 that can be stopped and restarted on the same port."""
-
-    def __init__(self, tmp_path: Path, extra: str = "allow_anonymous true\n"):
-        self.port = _free_port()
-        self.conf = tmp_path / "mosquitto.conf"
-        self.log = tmp_path / "mosquitto.log"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\npersistence false\n{extra}")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
-        deadline = time.monotonic() + STEP_S
-        while time.monotonic() < deadline:  # short bounded polling of availability
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text(errors='replace')}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return
-            time.sleep(0.02)
-        raise RuntimeError(f"mosquitto did not accept connections on port {self.port} within {STEP_S} s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STEP_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STEP_S)
-        self.proc = None
-
 
 @pytest.fixture
 def broker(tmp_path):
-    if not Path(MOSQUITTO).exists():
-        pytest.fail("mosquitto not installed (apt-get install mosquitto)")
     b = Broker(tmp_path)
     b.start()
     yield b
@@ -406,7 +364,7 @@ def test_broker_restart_reconnects_and_republishes(broker):
 
 def test_stats_dropped_while_disconnected_and_state_recorded():
     async def body():
-        control = MqttControl(BrokerConfig("127.0.0.1", _free_port()), NODE, lambda *_: None)
+        control = MqttControl(BrokerConfig("127.0.0.1", free_port()), NODE, lambda *_: None)
         control.publish_stats(None, {"rtf": 0.5})
         control.publish_state("a", {"mix": 1.0})
         control.clear_session("a")

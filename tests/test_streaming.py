@@ -18,7 +18,7 @@ from metis_rt.streaming.engine import Engine
 from metis_rt.streaming.geometry import Geometry, GeometryConfig
 from metis_rt.streaming.overlap_add import crossfade, fade_in_window, splice
 from metis_rt.streaming.processor import IdentityProcessor, MetisWindowProcessor
-from metis_rt.streaming.session import SessionSpec, StreamSession, same_duration
+from metis_rt.streaming.session import SessionClosed, SessionSpec, StreamSession, same_duration
 
 from .conftest import EXAMPLES_DIR
 
@@ -327,3 +327,33 @@ def test_session_rejects_bad_samples_and_reset_restarts():
     assert s.received_in == 16000
     s.reset()
     assert s.received_in == 0 and s.hop == 0 and len(s.audio16.data) == 0
+
+
+def test_restart_switches_task_and_discards_the_job_in_flight():
+    geometry, cfg = Geometry.from_config(SMALL), EngineConfig()
+    processor = IdentityProcessor()
+    s = _session(1, "se", geometry, cfg, None, processor, 24000, 24000)
+    x = np.random.default_rng(5).standard_normal(24000 * 2).astype(np.float32)
+    s.push(x)
+    job = s.take_window()
+    assert job is not None and job.task == "se"
+    reference = processor.prepare_reference(np.zeros(16000, np.float32), np.zeros(24000, np.float32))
+    with pytest.raises(ValueError, match="reference is required"):
+        s.restart("vc", TaskDecoding(), None)
+    s.set_mix(0.0, bypass=True)
+    s.restart("vc", TaskDecoding(), reference)
+    [result] = processor.run([job])
+    s.complete(job, result, 0.01)  # taken before the restart: ignored
+    assert s.hop == 0 and s.output_samples == 0 and not s.in_flight
+    assert s.spec.task == "vc" and s.reference is reference and s.wet == 0.0  # mix/bypass survive
+    y = np.random.default_rng(6).standard_normal(24000 * 2).astype(np.float32)
+    engine = Engine(processor, cfg)
+    engine.add(s)
+    s.push(y)
+    s.finish()
+    while engine.step():
+        pass
+    out = s.read_output()
+    assert np.array_equal(out, y)  # the new stream only: no audio of the old one, exact length
+    with pytest.raises(SessionClosed):
+        s.restart("se", TaskDecoding(), None)

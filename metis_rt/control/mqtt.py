@@ -261,6 +261,9 @@ class MqttControl:
                 await result
         except asyncio.CancelledError:
             raise
+        except CommandError as exc:  # the handler refused it (e.g. unknown session): say why, change nothing
+            log.info("MQTT command %s refused: %s", topic, exc.reason)
+            self._enqueue_transient(self.topics.error, error_payload(topic, payload, exc.reason))
         except Exception as exc:
             log.exception("MQTT command handler failed for %s", topic)
             reason = f"handler failed: {type(exc).__name__}: {exc}"

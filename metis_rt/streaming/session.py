@@ -84,32 +84,36 @@ class StreamSession:
         self.wet = 1.0  # processed share of the output (0 = bypass, dry input delayed by the latency)
         self.lock = threading.Lock()
         self.wakeup: Callable[[], None] | None = None  # set by the engine; called after new input (outside the lock)
+        self.generation = 0  # bumped by restart(): results of jobs taken before it are discarded
         self.reset()
 
     # --- lifecycle ------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything about the stream (the spec, reference and geometry stay)."""
         with self.lock:
-            self._in16 = StreamResampler(self.spec.input_rate, SSL_RATE)
-            self._in24 = StreamResampler(self.spec.input_rate, CODEC_RATE)
-            self._out = StreamResampler(CODEC_RATE, self.spec.output_rate)
-            self.audio16, self.dry24 = AudioTimeline(), AudioTimeline()
-            self.semantic, self.acoustic = TokenTimeline(), TokenTimeline(self.num_quantizers)
-            self.hop, self.tail, self.in_flight = 0, None, False
-            self.received_in, self.dropped16, self.dropped24 = 0, 0, 0
-            self.emitted24, self.delivered_out = 0, 0
-            self.ending, self.done, self.last_hop = False, False, -1
-            self.error: BaseException | None = None
-            self.target24, self.target_out = 0, 0
-            self.output: deque[np.ndarray] = deque()
-            self.output_samples = 0
-            # (input clock at 16 kHz after a push, wall time); bounded in case the engine stalls
-            self.arrivals: deque[tuple[int, float]] = deque(maxlen=MAX_ARRIVALS)
-            self.drops: list[tuple[int, int]] = []  # cuts ahead of the last emitted chunk: (16 kHz position, size)
-            self.drops_before = 0  # samples cut before the last emitted chunk
-            self.noise: NoiseSource = ZeroNoise() if self.spec.deterministic else GumbelNoise(self.spec.seed)
-            self.metrics = SessionMetrics(chunk_ms=self.geometry.chunk_ms)
-            self._wet_now = self.wet  # wet gain at the end of the last emitted chunk
+            self._reset_state()
+
+    def _reset_state(self) -> None:  # lock held
+        self._in16 = StreamResampler(self.spec.input_rate, SSL_RATE)
+        self._in24 = StreamResampler(self.spec.input_rate, CODEC_RATE)
+        self._out = StreamResampler(CODEC_RATE, self.spec.output_rate)
+        self.audio16, self.dry24 = AudioTimeline(), AudioTimeline()
+        self.semantic, self.acoustic = TokenTimeline(), TokenTimeline(self.num_quantizers)
+        self.hop, self.tail, self.in_flight = 0, None, False
+        self.received_in, self.dropped16, self.dropped24 = 0, 0, 0
+        self.emitted24, self.delivered_out = 0, 0
+        self.ending, self.done, self.last_hop = False, False, -1
+        self.error: BaseException | None = None
+        self.target24, self.target_out = 0, 0
+        self.output: deque[np.ndarray] = deque()
+        self.output_samples = 0
+        # (input clock at 16 kHz after a push, wall time); bounded in case the engine stalls
+        self.arrivals: deque[tuple[int, float]] = deque(maxlen=MAX_ARRIVALS)
+        self.drops: list[tuple[int, int]] = []  # cuts ahead of the last emitted chunk: (16 kHz position, size)
+        self.drops_before = 0  # samples cut before the last emitted chunk
+        self.noise: NoiseSource = ZeroNoise() if self.spec.deterministic else GumbelNoise(self.spec.seed)
+        self.metrics = SessionMetrics(chunk_ms=self.geometry.chunk_ms)
+        self._wet_now = self.wet  # wet gain at the end of the last emitted chunk
 
     @property
     def latency_input_samples(self) -> int:
@@ -137,6 +141,19 @@ class StreamSession:
     def update_settings(self, settings: TaskDecoding) -> None:
         with self.lock:
             self.spec = dataclasses.replace(self.spec, settings=settings)
+
+    def restart(self, task: str, settings: TaskDecoding, reference: ReferenceTokens | None) -> None:
+        """Switch to another task: the stream starts afresh (a job in flight is discarded when it returns), so the
+        output pauses for about one algorithmic latency. Rates, mix and callbacks stay."""
+        if (task in PROMPT_TASKS) != (reference is not None):
+            raise ValueError(f"task {task!r}: a reference is {'required' if reference is None else 'not used'}")
+        with self.lock:
+            if self.ending:
+                raise SessionClosed(f"session {self.id}: input already finished")
+            self.spec = dataclasses.replace(self.spec, task=task, settings=settings)
+            self.reference = reference
+            self.generation += 1
+            self._reset_state()
 
     # --- input ----------------------------------------------------------------------------------
     def push(self, samples: np.ndarray, now: float | None = None) -> None:
@@ -225,6 +242,7 @@ class StreamSession:
                 reference=self.reference,
                 settings=self.spec.settings,
                 noise=self.noise,
+                generation=self.generation,
             )
             self.in_flight = True
             return job
@@ -232,6 +250,8 @@ class StreamSession:
     def complete(self, job: WindowJob, result: WindowResult, compute_s: float, now: float | None = None) -> None:
         """Commit the chunk's tokens and emit its audio (crossfaded with the previous hop's tail)."""
         with self.lock:
+            if job.generation != self.generation:
+                return  # taken before a restart: its stream is gone
             g = self.geometry
             self.semantic.append(result.semantic[: g.chunk])
             self.acoustic.append(result.acoustic[: g.chunk])
@@ -259,6 +279,8 @@ class StreamSession:
     def fail(self, job: WindowJob, exc: BaseException) -> None:
         """The engine could not run ``job``: the session stops producing (``error`` says why)."""
         with self.lock:
+            if job.generation != self.generation:
+                return
             self.in_flight = False
             self.error = exc
 

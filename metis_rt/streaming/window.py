@@ -53,6 +53,7 @@ class WindowJob:
     reference: ReferenceTokens | None
     settings: TaskDecoding
     noise: NoiseSource
+    generation: int = 0  # the session's stream generation when the job was taken (see StreamSession.restart)
 
     @property
     def left(self) -> int:
