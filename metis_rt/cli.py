@@ -1,4 +1,4 @@
-"""``metis-rt`` command line: ``download``, ``process``, ``parity``."""
+"""``metis-rt`` command line: ``download``, ``process``, ``parity``, ``serve``, ``bridge``."""
 
 from __future__ import annotations
 
@@ -99,13 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the real-time server (options: metis-rt serve --help)", add_help=False)
     sv.add_argument("serve_args", nargs=argparse.REMAINDER)
 
+    br = sub.add_parser(
+        "bridge", help="microphone -> metis-rt -> virtual microphone (options: metis-rt bridge --help)", add_help=False
+    )
+    br.add_argument("bridge_args", nargs=argparse.REMAINDER)
+
     q = sub.add_parser("parity", help="check our implementation against reference vector directories")
     q.add_argument("dirs", nargs="+", type=Path, help="vector directories (model dir + cases/manifest.json)")
     q.add_argument("--strict", action="store_true", help="also fail on checks reported as unsupported")
     return parser
 
 
+PASS_THROUGH = ("serve", "bridge")  # subcommands with their own parser: everything after the name goes to it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASS_THROUGH:  # argparse.REMAINDER would not pass leading options such as --help
+        return COMMANDS[argv[0]](argparse.Namespace(**{f"{argv[0]}_args": argv[1:]}))
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -283,4 +294,16 @@ def cmd_serve(args) -> int:
     return serve_main(args.serve_args)
 
 
-COMMANDS = {"download": cmd_download, "process": cmd_process, "parity": cmd_parity, "serve": cmd_serve}
+def cmd_bridge(args) -> int:
+    from metis_rt.bridge.main import main as bridge_main
+
+    return bridge_main(args.bridge_args)
+
+
+COMMANDS = {
+    "download": cmd_download,
+    "process": cmd_process,
+    "parity": cmd_parity,
+    "serve": cmd_serve,
+    "bridge": cmd_bridge,
+}

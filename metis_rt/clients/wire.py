@@ -92,7 +92,17 @@ def start_message(
 
 
 def update_message(**options: Any) -> str:
-    return json.dumps({"type": "session.update", "options": options}, separators=(",", ":"))
+    return update_request(options)
+
+
+def update_request(options: dict[str, Any], *, voice: str | None = None, task: str | None = None) -> str:
+    """A ``session.update``: changed options, and optionally a new voice and/or task."""
+    message: dict[str, Any] = {"type": "session.update", "options": options}
+    if voice is not None:
+        message["voice"] = voice
+    if task is not None:
+        message["task"] = task
+    return json.dumps(message, separators=(",", ":"))
 
 
 def control_message(kind: str) -> str:

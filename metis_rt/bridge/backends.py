@@ -1,0 +1,358 @@
+"""Where the bridge's audio is processed: a metis-rt server (``RemoteBackend``) or an in-process engine
+(``LocalBackend``). Both take microphone blocks (``push``), deliver processed audio to ``on_output`` and apply
+control commands (``apply``) the same way, so the bridge above them does not care which one runs.
+
+Both keep :class:`BridgeSettings`, the settings in force: after a command they reflect what the processing side
+accepted (the local engine directly; the server when it answers ``session.updated``). A refused command raises
+``CommandError`` with the reason and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from websockets.exceptions import ConnectionClosed
+
+from metis_rt.clients import wire
+from metis_rt.config import OfficialConfig
+from metis_rt.control.commands import Command, CommandError, SetBypass, SetMix, SetSteps, SetTask, SetVoice
+from metis_rt.errors import MetisError
+from metis_rt.server.voices import VoiceLibrary
+from metis_rt.streaming.config import StepsConfig, StreamConfig, stream_decoding
+from metis_rt.streaming.engine import Engine
+from metis_rt.streaming.geometry import Geometry
+from metis_rt.streaming.processor import WindowProcessor
+from metis_rt.streaming.session import PROMPT_TASKS, SessionSpec, StreamSession
+from metis_rt.streaming.window import ReferenceTokens
+
+log = logging.getLogger(__name__)
+
+OnOutput = Callable[[np.ndarray], None]
+INPUT_QUEUE_BLOCKS = 50  # remote: microphone blocks waiting for the socket (1 s of 20 ms blocks); oldest dropped
+MAX_FRAME_MS = 200  # remote: queued blocks are coalesced into frames of at most this much audio
+SERVER_ANSWER_S = 10.0  # remote: how long a command waits for session.updated / error
+HEALTH_POLL_S = 0.2  # local: how often run() checks the session for an engine failure
+
+
+class BackendError(MetisError):
+    """The processing side failed or went away; the message says what happened."""
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """The settings in force for the bridge's stream (published as the retained MQTT state)."""
+
+    task: str
+    bypass: bool = False
+    mix: float = 1.0
+    voice: str | None = None
+    stage1_steps: int | None = None
+    s2a_steps: tuple[int, ...] | None = None
+
+    def as_state(self) -> dict:
+        state = dataclasses.asdict(self)
+        state["s2a_steps"] = list(self.s2a_steps) if self.s2a_steps is not None else None
+        return state
+
+
+# ----------------------------------------------------------------------------- in-process engine
+class LocalBackend:
+    """An engine thread of our own with one session; ``tasks`` are the tasks whose models were loaded."""
+
+    def __init__(
+        self,
+        processor: WindowProcessor,
+        official: OfficialConfig,
+        stream_cfg: StreamConfig,
+        tasks: Sequence[str],
+        settings: BridgeSettings,
+        input_rate: int,
+        output_rate: int,
+        on_output: OnOutput,
+        *,
+        voices: VoiceLibrary | None = None,
+        reference: ReferenceTokens | None = None,
+        deterministic: bool = False,
+    ):
+        if settings.task not in tasks:
+            raise BackendError(f"task {settings.task!r} is not among the loaded tasks {list(tasks)}")
+        self.processor, self.official, self.stream_cfg = processor, official, stream_cfg
+        self.tasks = tuple(tasks)
+        self.voices = voices or VoiceLibrary(None)
+        self.reference = reference  # kept across task switches (tse <-> vc, and for a later switch from se)
+        self.engine = Engine(processor, stream_cfg.engine)
+        self.geometry = Geometry.from_config(stream_cfg.geometry)
+        steps = self._steps(settings.task, settings.stage1_steps, settings.s2a_steps)
+        self.settings = dataclasses.replace(settings, stage1_steps=steps.stage1, s2a_steps=tuple(steps.s2a))
+        if settings.task in PROMPT_TASKS and reference is None:
+            raise BackendError(f"task {settings.task!r} needs a voice: give --voice NAME or --reference FILE")
+        spec = SessionSpec(
+            settings.task, input_rate, output_rate, stream_decoding(official, settings.task, steps), deterministic
+        )
+        self.session = StreamSession(
+            1,
+            spec,
+            self.geometry,
+            stream_cfg.engine,
+            processor.num_quantizers,
+            reference if settings.task in PROMPT_TASKS else None,
+            on_output=on_output,
+        )
+        self.session.set_mix(settings.mix, settings.bypass)
+        self._closed = asyncio.Event()
+
+    @property
+    def latency_ms(self) -> float:
+        return self.session.latency_ms
+
+    @property
+    def chunk_ms(self) -> int:
+        return self.geometry.chunk_ms
+
+    async def start(self) -> None:
+        self.engine.start()
+        self.engine.add(self.session)
+
+    def push(self, block: np.ndarray) -> None:
+        self.session.push(block)
+
+    async def run(self) -> None:
+        """Returns when closed; raises ``BackendError`` if the engine fails on our stream."""
+        while not self._closed.is_set():
+            if self.session.error is not None:
+                raise BackendError(f"processing failed: {self.session.error}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), HEALTH_POLL_S)
+
+    def stats(self) -> dict:
+        return self.session.metrics.snapshot()
+
+    async def close(self) -> None:
+        self._closed.set()
+        self.engine.remove(self.session.id)
+        await asyncio.to_thread(self.engine.stop)
+
+    # --- commands ---------------------------------------------------------------------------------
+    async def apply(self, command: Command) -> None:
+        s = self.settings
+        if isinstance(command, SetBypass | SetMix):
+            new = dataclasses.replace(
+                s,
+                bypass=command.enabled if isinstance(command, SetBypass) else s.bypass,
+                mix=command.mix if isinstance(command, SetMix) else s.mix,
+            )
+            self.session.set_mix(new.mix, new.bypass)
+        elif isinstance(command, SetSteps):
+            steps = self._steps(s.task, command.stage1 or s.stage1_steps, command.s2a or s.s2a_steps)
+            self.session.update_settings(stream_decoding(self.official, s.task, steps))
+            new = dataclasses.replace(s, stage1_steps=steps.stage1, s2a_steps=tuple(steps.s2a))
+        elif isinstance(command, SetVoice):
+            self.reference = await self._prepare_voice(command.voice)
+            if s.task in PROMPT_TASKS:
+                self.session.reference = self.reference
+            new = dataclasses.replace(s, voice=command.voice)
+        elif isinstance(command, SetTask):
+            new = self._switch_task(command.task)
+        else:  # pragma: no cover - the command types are a closed union
+            raise CommandError(f"unsupported command {command!r}")
+        self.settings = new
+
+    def _switch_task(self, task: str) -> BridgeSettings:
+        if task == self.settings.task:
+            return self.settings
+        if task not in self.tasks:
+            raise CommandError(
+                f"task {task!r} is not loaded (this bridge runs {', '.join(self.tasks)}); "
+                f"start it with --tasks {','.join(sorted({*self.tasks, task}))}"
+            )
+        if task in PROMPT_TASKS and self.reference is None:
+            raise CommandError(f"task {task!r} needs a voice: publish set/voice NAME first")
+        steps = self.stream_cfg.steps_for(task)
+        self.session.restart(task, stream_decoding(self.official, task, steps), self._ref_for(task))
+        return dataclasses.replace(self.settings, task=task, stage1_steps=steps.stage1, s2a_steps=tuple(steps.s2a))
+
+    def _ref_for(self, task: str) -> ReferenceTokens | None:
+        return self.reference if task in PROMPT_TASKS else None
+
+    def _steps(self, task: str, stage1: int | None, s2a: Sequence[int] | None) -> StepsConfig:
+        base = self.stream_cfg.steps_for(task)
+        steps = StepsConfig(stage1 or base.stage1, tuple(s2a) if s2a else base.s2a)
+        if len(steps.s2a) != len(base.s2a):
+            raise CommandError(f"s2a steps need {len(base.s2a)} values, got {len(steps.s2a)}")
+        return steps
+
+    async def _prepare_voice(self, name: str) -> ReferenceTokens:
+        if self.voices.folder is None:
+            raise CommandError("this bridge has no voices folder: start it with --voices-dir DIR")
+
+        def prepare(audio16, audio24):
+            return self.engine.submit(lambda: self.processor.prepare_reference(audio16, audio24)).result()
+
+        try:
+            return await asyncio.to_thread(self.voices.get, name, prepare)
+        except KeyError:
+            raise CommandError(f"no voice {name!r}; available: {self.voices.names()}") from None
+        except MetisError as exc:
+            raise CommandError(f"voice {name!r} is unusable: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- a metis-rt server
+class RemoteBackend:
+    """One WebSocket session on a metis-rt server (protocol v1, see docs/protocol.md)."""
+
+    def __init__(
+        self,
+        url: str,
+        settings: BridgeSettings,
+        input_rate: int,
+        output_rate: int,
+        on_output: OnOutput,
+        *,
+        token: str | None = None,
+        reference: bytes | None = None,
+        fmt: str = "f32le",
+    ):
+        self.url, self.token, self.fmt = url, token, fmt
+        self.settings = settings
+        self.input_rate, self.output_rate = input_rate, output_rate
+        self.on_output = on_output
+        self.reference = reference
+        self.ws = None
+        self.ready = None
+        self.server_stats: dict = {}
+        self.dropped_input_samples = 0
+        self._queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=INPUT_QUEUE_BLOCKS)
+        self._answer: asyncio.Future | None = None
+        self._command_lock = asyncio.Lock()
+        self._closing = False
+
+    @property
+    def latency_ms(self) -> float:
+        return self.ready.algorithmic_latency_ms
+
+    @property
+    def chunk_ms(self) -> int:
+        return self.ready.chunk_ms
+
+    async def start(self) -> None:
+        s = self.settings
+        options = {"mix": s.mix, "bypass": s.bypass}
+        if s.stage1_steps is not None:
+            options["stage1_steps"] = s.stage1_steps
+        if s.s2a_steps is not None:
+            options["s2a_steps"] = list(s.s2a_steps)
+        start = wire.start_message(
+            s.task,
+            self.input_rate,
+            self.fmt,
+            self.output_rate,
+            voice=s.voice if s.task in PROMPT_TASKS else None,
+            reference=self.reference if s.voice is None and s.task in PROMPT_TASKS else None,
+            options=options,
+        )
+        try:
+            self.ws, self.ready = await wire.open_session(self.url, start, self.token)
+        except wire.ClientError as exc:
+            raise BackendError(str(exc)) from exc
+
+    def push(self, block: np.ndarray) -> None:
+        """Overload policy: when the socket cannot keep up the *oldest* block is dropped (counted)."""
+        if self._queue.full():
+            self.dropped_input_samples += len(self._queue.get_nowait())
+        self._queue.put_nowait(block)
+
+    async def run(self) -> None:
+        """Sends audio and reads the server until closed; raises ``BackendError`` if the server goes away."""
+        async with asyncio.TaskGroup() as tg:
+            sender = tg.create_task(self._send_loop(), name="bridge-sender")
+            await self._receive_loop()
+            sender.cancel()
+        if not self._closing:
+            raise BackendError(f"the server closed the session: {wire.close_description(self.ws)}")
+
+    async def _send_loop(self) -> None:
+        limit = MAX_FRAME_MS * self.input_rate // 1000
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                blocks = [await self._queue.get()]
+                while not self._queue.empty() and sum(map(len, blocks)) < limit:
+                    blocks.append(self._queue.get_nowait())
+                await self.ws.send(wire.encode_audio(np.concatenate(blocks), self.fmt))
+
+    async def _receive_loop(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    self.on_output(wire.decode_audio(message, self.fmt))
+                else:
+                    self._on_event(wire.parse_event(message))
+
+    def _on_event(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "stats":
+            self.server_stats = event
+        elif kind in ("session.updated", "error"):
+            if self._answer is not None and not self._answer.done():
+                self._answer.set_result(event)
+            elif kind == "error":
+                log.warning("server error %s: %s", event.get("code"), event.get("message"))
+        elif kind == "warning":
+            log.warning("server warning %s: %s", event.get("code"), event.get("message"))
+
+    def stats(self) -> dict:
+        return dict(self.server_stats)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.ws is not None:
+            await self.ws.close()
+
+    # --- commands ---------------------------------------------------------------------------------
+    async def apply(self, command: Command) -> None:
+        message, new = self._request(command)
+        async with self._command_lock:
+            self._answer = asyncio.get_running_loop().create_future()
+            try:
+                await self.ws.send(message)
+                async with asyncio.timeout(SERVER_ANSWER_S):
+                    answer = await self._answer
+            except ConnectionClosed:
+                raise CommandError("the server connection is closed") from None
+            except TimeoutError:
+                raise CommandError(f"the server did not answer within {SERVER_ANSWER_S:g} s") from None
+            finally:
+                self._answer = None
+        if answer["type"] == "error":
+            raise CommandError(f"the server refused it: {answer.get('code')}: {answer.get('message')}")
+        self.settings = new
+
+    def _request(self, command: Command) -> tuple[str, BridgeSettings]:
+        """The ``session.update`` for ``command`` and the settings once the server accepted it."""
+        s = self.settings
+        if isinstance(command, SetBypass):
+            return wire.update_request({"bypass": command.enabled}), dataclasses.replace(s, bypass=command.enabled)
+        if isinstance(command, SetMix):
+            return wire.update_request({"mix": command.mix}), dataclasses.replace(s, mix=command.mix)
+        if isinstance(command, SetSteps):
+            options: dict = {}
+            if command.stage1 is not None:
+                options["stage1_steps"] = command.stage1
+            if command.s2a is not None:
+                options["s2a_steps"] = list(command.s2a)
+            new = dataclasses.replace(
+                s, stage1_steps=command.stage1 or s.stage1_steps, s2a_steps=command.s2a or s.s2a_steps
+            )
+            return wire.update_request(options), new
+        if isinstance(command, SetVoice):
+            return wire.update_request({}, voice=command.voice), dataclasses.replace(s, voice=command.voice)
+        if isinstance(command, SetTask):
+            # the server starts the new task with its own default steps
+            new = dataclasses.replace(s, task=command.task, stage1_steps=None, s2a_steps=None)
+            return wire.update_request({}, task=command.task), new
+        raise CommandError(f"unsupported command {command!r}")  # pragma: no cover
