@@ -62,6 +62,10 @@ def test_invalid_start_fields(fields, code):
         ('{"type": 3}', "invalid_message"),
         ('{"type": "dance"}', "unknown_type"),
         ('{"type": "session.update", "options": {"mix": -1}}', "invalid_options"),
+        ('{"type": "session.update", "task": "tts"}', "invalid_task"),
+        ('{"type": "session.update", "task": 1}', "invalid_task"),
+        ('{"type": "session.update", "voice": 7}', "invalid_voice"),
+        ('{"type": "session.update", "mix": 0.5}', "invalid_message"),
     ],
 )
 def test_invalid_messages(text, code):
@@ -75,6 +79,9 @@ def test_control_messages():
     assert proto.parse_client_message('{"type": "session.end"}') == proto.SessionEnd()
     update = proto.parse_client_message('{"type": "session.update", "options": {"bypass": true}, "voice": "bob"}')
     assert update == proto.SessionUpdate({"bypass": True}, "bob")
+    switch = proto.parse_client_message('{"type": "session.update", "task": "vc", "voice": "bob"}')
+    assert switch == proto.SessionUpdate({}, "bob", "vc")
+    assert proto.parse_client_message('{"type": "session.update", "task": null}').task is None
 
 
 @pytest.mark.parametrize("fmt", ["pcm_s16le", "f32le"])
@@ -100,3 +107,5 @@ def test_server_messages_encode_with_their_type():
     ready = json.loads(proto.encode(proto.SessionReady("1", 16000, 16000, "f32le", 415.0, 240)))
     assert ready["type"] == "session.ready" and ready["protocol"] == 1
     assert json.loads(proto.encode(proto.Busy(5)))["type"] == "busy"
+    updated = json.loads(proto.encode(proto.Updated({"mix": 0.5}, None, "vc")))
+    assert updated == {"type": "session.updated", "options": {"mix": 0.5}, "voice": None, "task": "vc"}

@@ -40,10 +40,9 @@ class RunningServer:
         stream_cfg = load_stream_config()
         stream_cfg = dataclasses.replace(stream_cfg, steps={t: FAST for t in ("se", "tse", "vc")})
         tokens = changes.pop("tokens", ())
+        tasks = changes.pop("tasks", ("se", "tse", "vc"))
         cfg = dataclasses.replace(ServerConfig(port=0, voices_dir=voices_dir), **changes)
-        self.server = MetisServer(
-            processor, official, stream_cfg, cfg, tasks=("se", "tse", "vc"), tokens=tokens, deterministic=True
-        )
+        self.server = MetisServer(processor, official, stream_cfg, cfg, tasks=tasks, tokens=tokens, deterministic=True)
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -362,3 +361,70 @@ def test_http_endpoints(server):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(base + "/nope", timeout=10)
     assert info.value.code == 404
+
+
+# ----------------------------------------------------------------------------- task switching
+def update_msg(**fields):
+    return json.dumps({"type": "session.update", **fields})
+
+
+def test_switch_se_to_vc_with_a_voice_keeps_streaming(server, speech):
+    x, sr = speech
+    with connect(server.url) as ws:
+        ws.send(start_msg())
+        ready = json.loads(ws.recv(timeout=60))
+        ws.send(pcm(x[:sr], "f32le"))
+        old = []
+        while sum(map(len, old)) < sr // 4:  # some output of the se stream first
+            message = ws.recv(timeout=60)
+            if isinstance(message, bytes):
+                old.append(np.frombuffer(message, "<f4"))
+        ws.send(update_msg(task="vc", voice="alice"))
+        events, _ = events_and_audio(ws, "f32le", until_close=False, until_type="session.updated")
+        assert events[-1] == {"type": "session.updated", "options": {}, "voice": "alice", "task": "vc"}
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.server.port}/metrics", timeout=10).read()
+        assert f'session="{ready["session_id"]}",task="vc"' in metrics.decode()
+        for i in range(sr, len(x), 800):
+            ws.send(pcm(x[i : i + 800], "f32le"))
+        ws.send(json.dumps({"type": "session.end"}))
+        events, new = events_and_audio(ws, "f32le")
+    assert not [e for e in events if e["type"] == "error"]
+    # the vc stream starts afresh at the switch: all input sent after it comes back (plus at most a late old hop)
+    assert len(x) - sr <= len(new) <= len(x)
+    assert np.isfinite(new).all() and new[-(len(x) - sr) :].std() > 0
+
+
+def test_task_switch_errors_leave_the_session_working(processor, voices_dir, speech):
+    x, sr = speech
+    s = _server(processor, voices_dir=str(voices_dir), tasks=("se", "vc"))
+    try:
+        with connect(s.url) as ws:
+            ws.send(start_msg())
+            assert json.loads(ws.recv(timeout=60))["type"] == "session.ready"
+            for fields, code in [
+                ({"task": "tse", "voice": "alice"}, "task_unavailable"),
+                ({"task": "vc"}, "voice_required"),
+                ({"task": "vc", "voice": "nobody"}, "unknown_voice"),
+                ({"task": "asr"}, "invalid_task"),
+                ({"task": "vc", "colour": "red"}, "invalid_message"),
+            ]:
+                ws.send(update_msg(**fields))
+                event = json.loads(ws.recv(timeout=60))
+                assert (event["type"], event["code"]) == ("error", code), fields
+            ws.send(update_msg(voice="alice"))  # on se: kept for a later switch
+            assert json.loads(ws.recv(timeout=60)) == {
+                "type": "session.updated",
+                "options": {},
+                "voice": "alice",
+                "task": None,
+            }
+            ws.send(update_msg(task="vc"))  # uses the stored voice
+            assert json.loads(ws.recv(timeout=60))["task"] == "vc"
+            for i in range(0, len(x), 800):
+                ws.send(pcm(x[i : i + 800], "f32le"))
+            ws.send(json.dumps({"type": "session.end"}))
+            events, audio = events_and_audio(ws, "f32le")
+        assert not [e for e in events if e["type"] == "error"]
+        assert len(audio) == len(x) and audio.std() > 0  # switched before any audio: nothing was lost
+    finally:
+        s.stop()

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from metis_rt.errors import MetisError
 
 DEFAULT_PREFIX = "metis"
+MQTT_PASSWORD_ENV = "METIS_RT_MQTT_PASSWORD"  # read by the entry points, so a password need not be on the command line
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
 SETTINGS = ("bypass", "mix", "task", "voice", "steps")
@@ -111,6 +114,13 @@ def check_topic_levels(value: str, *, what: str, allow_slash: bool = True) -> No
                 f"{what} {value!r} must be a non-empty topic name without wildcards ('+', '#')"
                 + ("" if allow_slash else " or slashes")
             )
+
+
+def default_node(hostname: str | None = None, fallback: str = "metis-server") -> str:
+    """This machine's name as one MQTT topic level: characters other than letters, digits, ``-``, ``_`` and
+    ``.`` become ``-`` (``gpu box/1`` -> ``gpu-box-1``)."""
+    name = socket.gethostname() if hostname is None else hostname
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or fallback
 
 
 # ----------------------------------------------------------------------------- topics

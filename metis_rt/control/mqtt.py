@@ -91,6 +91,8 @@ class MqttControl:
         self._pending: dict[str, bytes] = {}  # topic -> newest retained payload not yet sent (b"" = clear)
         self._transient: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=transient_queue_size)
         self._wake = asyncio.Event()
+        self._sent = asyncio.Event()  # set while no retained state/clear waits to be published
+        self._sent.set()
         self._connected = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -113,6 +115,7 @@ class MqttControl:
         payload = json.dumps(state, sort_keys=True).encode()
         self._retained[topic] = payload
         self._pending[topic] = payload
+        self._sent.clear()
         self._wake.set()
 
     def clear_session(self, session_id: str) -> None:
@@ -120,6 +123,7 @@ class MqttControl:
         topic = self.topics.state(session_id)
         self._retained.pop(topic, None)
         self._pending[topic] = b""
+        self._sent.clear()
         self._wake.set()
 
     def publish_stats(self, session_id: str | None, stats: dict) -> None:
@@ -136,6 +140,17 @@ class MqttControl:
             log.debug("MQTT outgoing queue full: dropped the oldest stats/error message")
         self._transient.put_nowait((topic, payload))
         self._wake.set()
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every recorded state and clear has been published (True); False when disconnected or not
+        done within ``timeout_s``. For a clean shutdown: ``clear_session(...)``, ``await flush(...)``, ``stop()``."""
+        if not self.connected:
+            return False
+        try:
+            await asyncio.wait_for(self._sent.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -199,6 +214,8 @@ class MqttControl:
             await client.subscribe(self.topics.subscription, qos=QOS)
             await client.publish(self.topics.status, STATUS_ONLINE, qos=QOS, retain=True)
             self._pending = {**self._pending, **self._retained}  # keep pending clears, republish states
+            if self._pending:
+                self._sent.clear()
             self.connections += 1
             self._connected.set()
             self._wake.set()
@@ -231,6 +248,7 @@ class MqttControl:
                 except BaseException:
                     self._pending.setdefault(topic, payload)  # resend after reconnect unless superseded
                     raise
+            self._sent.set()
             while not self._transient.empty():
                 topic, payload = self._transient.get_nowait()
                 await client.publish(topic, payload, qos=0, retain=False)

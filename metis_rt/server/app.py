@@ -1,17 +1,20 @@
 """The real-time server: one engine (own thread) behind a WebSocket endpoint, plus HTTP on the same port.
 
-``python run_server.py`` / ``metis-rt serve``. Shutdown (SIGINT/SIGTERM): stop accepting, flush every session and
-close it (1001), stop the engine, exit 0.
+``python run_server.py`` / ``metis-rt serve``. With ``mqtt`` configured, sessions can also be steered and watched
+over MQTT (``metis_rt.server.mqtt``; the broker is optional at any moment). Shutdown (SIGINT/SIGTERM): stop
+accepting, flush every session and close it (1001), clear the sessions' MQTT state, stop the engine, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from websockets.asyncio.server import serve
@@ -20,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from metis_rt.config import OfficialConfig
 from metis_rt.server import http
 from metis_rt.server import protocol as proto
-from metis_rt.server.config import ServerConfig
+from metis_rt.server.config import ServerConfig, mqtt_settings
 from metis_rt.server.connection import CLOSE_GOING_AWAY, Connection
 from metis_rt.server.voices import VoiceLibrary
 from metis_rt.streaming.config import StreamConfig, stream_decoding
@@ -29,6 +32,9 @@ from metis_rt.streaming.geometry import Geometry
 from metis_rt.streaming.processor import WindowProcessor
 from metis_rt.streaming.session import SessionSpec, StreamSession
 from metis_rt.streaming.window import ReferenceTokens
+
+if TYPE_CHECKING:
+    from metis_rt.server.mqtt import ServerMqtt
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class MetisServer:
         tasks: Iterable[str],
         tokens: Iterable[str] = (),
         deterministic: bool = False,
+        mqtt_password: str | None = None,
     ):
         self.processor = processor
         self.official = official
@@ -58,7 +65,10 @@ class MetisServer:
         self.geometry = Geometry.from_config(stream_cfg.geometry)
         self.engine = Engine(processor, stream_cfg.engine)
         self.voices = VoiceLibrary(cfg.voices_dir)
+        self.mqtt_settings = mqtt_settings(cfg, mqtt_password)  # ConfigError now, not when a client is waiting
         self.connections: set[Connection] = set()
+        self.sessions: dict[str, Connection] = {}  # open sessions by id (MQTT commands address them)
+        self.mqtt: ServerMqtt | None = None  # while running with a broker configured (connected or not)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._stop: asyncio.Event | None = None
@@ -82,8 +92,27 @@ class MetisServer:
     def release(self, conn: Connection) -> None:
         with self._lock:
             self.connections.discard(conn)
+            registered = self.sessions.get(conn.session_id) is conn
+            if registered:
+                del self.sessions[conn.session_id]
         if conn.session is not None:
             self.engine.remove(conn.session.id)
+        if registered and self.mqtt is not None:
+            self.mqtt.clear(conn.session_id)
+
+    def session_opened(self, conn: Connection) -> None:
+        with self._lock:
+            self.sessions[conn.session_id] = conn
+        self.session_changed(conn)
+
+    def session_changed(self, conn: Connection) -> None:
+        """The session's settings changed (open, or an update from its client or MQTT): publish its state."""
+        if self.mqtt is not None and self.sessions.get(conn.session_id) is conn:
+            self.mqtt.publish_state(conn)
+
+    def session_stats(self, conn: Connection, stats: proto.Stats) -> None:
+        if self.mqtt is not None and self.sessions.get(conn.session_id) is conn:
+            self.mqtt.publish_stats(conn, stats)
 
     def new_session_id(self) -> str:
         return str(next(self._ids))
@@ -94,6 +123,7 @@ class MetisServer:
 
     # --- HTTP -----------------------------------------------------------------------------------
     def health(self) -> dict:
+        mqtt = self.mqtt
         return {
             "status": "ok" if self.ready else "starting",
             "ready": self.ready,
@@ -104,6 +134,7 @@ class MetisServer:
             "chunk_ms": self.geometry.chunk_ms,
             "voices": self.voices.names(),
             "protocol": proto.PROTOCOL_VERSION,
+            "mqtt": None if mqtt is None else {"node": mqtt.control.topics.node, "connected": mqtt.connected},
         }
 
     def metrics_text(self) -> str:
@@ -126,7 +157,7 @@ class MetisServer:
         for conn in list(self.connections):
             if conn.session is not None:
                 snap = conn.session.metrics.snapshot()
-                labels = f'session="{conn.session_id}",task="{conn.start.task}"'
+                labels = f'session="{conn.session_id}",task="{conn.task}"'
                 lines.append(f"metis_session_dropped_ms{{{labels}}} {snap['dropped_ms']:.1f}")
                 lines.append(f"metis_session_rtf{{{labels}}} {snap['rtf']:.4f}")
         return "\n".join(lines) + "\n"
@@ -139,13 +170,16 @@ class MetisServer:
         self.engine.start()
         try:
             await asyncio.to_thread(self.warm_up)
-            async with serve(
-                self._handle,
-                host or self.cfg.host,
-                self.cfg.port if port is None else port,
-                process_request=lambda _conn, req: http.route(req, self.tokens, self.health, self.metrics_text),
-                max_size=self.cfg.max_message_bytes,
-            ) as server:
+            async with (
+                serve(
+                    self._handle,
+                    host or self.cfg.host,
+                    self.cfg.port if port is None else port,
+                    process_request=lambda _conn, req: http.route(req, self.tokens, self.health, self.metrics_text),
+                    max_size=self.cfg.max_message_bytes,
+                ) as server,
+                self._mqtt_running(),
+            ):
                 self.port = server.sockets[0].getsockname()[1]
                 self.ready = True
                 log.info("listening on ws://%s:%d%s", host or self.cfg.host, self.port, http.STREAM_PATH)
@@ -157,6 +191,23 @@ class MetisServer:
                 await self._close_all()
         finally:
             self.engine.stop()
+
+    @contextlib.asynccontextmanager
+    async def _mqtt_running(self) -> AsyncIterator[None]:
+        if self.mqtt_settings is None:
+            yield
+            return
+        from metis_rt.server.mqtt import ServerMqtt  # imports aiomqtt: only when configured
+
+        mqtt = ServerMqtt(self, self.mqtt_settings)
+        broker = self.mqtt_settings.broker
+        log.info("MQTT control on %s:%d, topics %s/#", broker.host, broker.port, mqtt.control.topics.base)
+        async with mqtt.running():
+            self.mqtt = mqtt
+            try:
+                yield
+            finally:
+                self.mqtt = None
 
     def stop(self) -> None:
         if self._stop is not None:

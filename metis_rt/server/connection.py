@@ -4,24 +4,30 @@ Structure: after ``session.start`` the connection runs a TaskGroup of a sender (
 socket, fed by a bounded queue) and a stats ticker, while the receive loop runs in the group's body; when the
 client ends or disconnects the other tasks are cancelled and the session leaves the engine. Model work never runs
 here: audio is pushed into the session (resampling only) and references are prepared on the engine thread.
+
+Settings change through :meth:`Connection.apply_update`, whether the ``session.update`` came from the client or
+from MQTT: it validates everything first (nothing changes on an error), applies, answers ``session.updated`` and
+has the server publish the new state. A task switch restarts the stream (output pauses about one latency).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from metis_rt.errors import AudioInputError
+from metis_rt.config import TaskDecoding
+from metis_rt.errors import AudioInputError, ConfigError
 from metis_rt.server import protocol as proto
+from metis_rt.server.outbox import Outbox
 from metis_rt.server.voices import decode_reference
 from metis_rt.streaming.config import StepsConfig, stream_decoding
-from metis_rt.streaming.session import SessionSpec, StreamSession
+from metis_rt.streaming.session import PROMPT_TASKS, SessionClosed, SessionSpec, StreamSession
 from metis_rt.streaming.window import ReferenceTokens
 
 if TYPE_CHECKING:
@@ -30,55 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_INTERNAL, CLOSE_TRY_LATER = 1000, 1001, 1008, 1011, 1013
+Reference = ReferenceTokens | None
 OUTPUT_QUEUE_ITEMS = 64  # hops of output waiting for the socket; beyond it the oldest is dropped (counted)
 FLUSHED = object()
-
-
-class Outbox:
-    """Everything the sender writes, in order. Audio items are bounded: beyond ``max_audio`` the oldest audio item
-    is dropped (its length is returned so it can be counted). ``drained()`` waits until all was written."""
-
-    def __init__(self, max_audio: int):
-        self.items: deque = deque()
-        self.max_audio = max_audio
-        self.audio = 0
-        self.pending = 0  # items put and not yet fully written
-        self.ready = asyncio.Event()
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    def put(self, item) -> int:
-        dropped = 0
-        if isinstance(item, np.ndarray):
-            if self.audio >= self.max_audio:
-                oldest = next(i for i in self.items if isinstance(i, np.ndarray))
-                self.items.remove(oldest)
-                self.audio -= 1
-                self.pending -= 1
-                dropped = len(oldest)
-            self.audio += 1
-        self.items.append(item)
-        self.pending += 1
-        self.ready.set()
-        self.idle.clear()
-        return dropped
-
-    async def get(self):
-        while not self.items:
-            self.ready.clear()
-            await self.ready.wait()
-        item = self.items.popleft()
-        if isinstance(item, np.ndarray):
-            self.audio -= 1
-        return item
-
-    def written(self) -> None:
-        self.pending -= 1
-        if self.pending == 0:
-            self.idle.set()
-
-    async def drained(self) -> None:
-        await self.idle.wait()
 
 
 class Connection:
@@ -91,8 +51,16 @@ class Connection:
         self.flushed = asyncio.Event()
         self.reply_flushed = True
         self.mix, self.bypass = 1.0, False
+        self.steps: StepsConfig | None = None  # decoding steps in use (the task's configured ones + overrides)
+        self.reference: ReferenceTokens | None = None  # the voice for tse/vc, kept across task switches
+        self.voice: str | None = None  # its server-side name (None: none, or an uploaded reference)
         self.loop = asyncio.get_running_loop()
         self.session_id = ""
+        self._updating = asyncio.Lock()  # one update at a time (client and MQTT may overlap)
+
+    @property
+    def task(self) -> str:
+        return self.start.task
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -140,13 +108,14 @@ class Connection:
                 await self._event(proto.ErrorEvent("invalid_reference", str(exc)))
 
     async def _open(self, start: proto.SessionStart) -> None:
-        reference = await self._reference(start.task, start.voice, start.reference)
-        steps = self._steps(start.task, start.options)
+        reference = await self._reference(start.voice, start.reference)
+        options = {"stage1_steps": start.options.stage1_steps, "s2a_steps": start.options.s2a_steps}
+        steps = self._merge_steps(self.server.stream_cfg.steps_for(start.task), options)
         spec = SessionSpec(
             start.task,
             start.sample_rate,
             start.output_sample_rate,
-            stream_decoding(self.server.official, start.task, steps),
+            self._decoding(start.task, steps),
             self.server.deterministic,
         )
         sid = self.server.new_session_id()
@@ -156,13 +125,14 @@ class Connection:
             self.server.geometry,
             self.server.stream_cfg.engine,
             self.server.processor.num_quantizers,
-            reference,
+            reference if start.task in PROMPT_TASKS else None,
             on_output=self._output_from_engine,
             on_done=self._done_from_engine,
         )
         self.mix, self.bypass = start.options.mix, start.options.bypass
         session.set_mix(self.mix, self.bypass)
         self.session, self.start, self.session_id = session, start, sid
+        self.steps, self.reference, self.voice = steps, reference, start.voice if reference is not None else None
         self.server.engine.add(session)
         await self._event(
             proto.SessionReady(
@@ -174,6 +144,7 @@ class Connection:
                 self.server.geometry.chunk_ms,
             )
         )
+        self.server.session_opened(self)
 
     # --- receiving ------------------------------------------------------------------------------
     async def _recv(self):
@@ -199,7 +170,7 @@ class Connection:
                 if isinstance(control, proto.SessionStart):
                     raise proto.ProtocolError("already_started", "the session has started; send session.update")
                 if isinstance(control, proto.SessionUpdate):
-                    await self._update(control)
+                    await self.apply_update(control)
                 elif isinstance(control, proto.Flush):
                     await self._flush()
                 elif isinstance(control, proto.SessionEnd):
@@ -230,41 +201,110 @@ class Connection:
         self.session.finish()
         await self.flushed.wait()
 
+    # --- settings -------------------------------------------------------------------------------
+    async def apply_update(self, update: proto.SessionUpdate) -> None:
+        """Apply a ``session.update`` from the client or from MQTT; ProtocolError (nothing changed) if invalid."""
+        async with self._updating:
+            await self._update(update)
+
     async def _update(self, update: proto.SessionUpdate) -> None:
-        session, task = self.session, self.start.task
-        opts = update.options
+        task, steps, settings, reference = await self._check(update)
+        if self.server.sessions.get(self.session_id) is not self:  # it ended while the voice was prepared
+            raise proto.ProtocolError("session_closed", f"session {self.session_id} has ended")
+        session, opts = self.session, update.options
+        if task != self.task:
+            try:
+                session.restart(task, settings, reference if task in PROMPT_TASKS else None)
+            except SessionClosed:
+                raise proto.ProtocolError(
+                    "session_ending", "the input is being flushed or ended; switch the task after that completed"
+                ) from None
+            self.start = dataclasses.replace(self.start, task=task)
+        else:
+            if steps != self.steps:
+                session.update_settings(settings)
+            if update.voice is not None and task in PROMPT_TASKS:
+                session.reference = reference
+        if update.voice is not None:
+            self.reference, self.voice = reference, update.voice
+        self.steps = steps
         if "mix" in opts or "bypass" in opts:
             self.mix, self.bypass = opts.get("mix", self.mix), opts.get("bypass", self.bypass)
             session.set_mix(self.mix, self.bypass)
-        if "stage1_steps" in opts or "s2a_steps" in opts:
-            current = self._steps(task, proto.Options(**{k: v for k, v in opts.items() if k.endswith("steps")}))
-            session.update_settings(stream_decoding(self.server.official, task, current))
-        if update.voice is not None:
-            if task not in ("tse", "vc"):
-                raise proto.ProtocolError("invalid_voice", f"task {task!r} takes no voice")
-            session.reference = await self._reference(task, update.voice, None)
-        self._queue_event(proto.Updated(dict(opts), update.voice))
+        self._queue_event(proto.Updated(dict(opts), update.voice, update.task))
+        self.server.session_changed(self)
+
+    async def _check(self, update: proto.SessionUpdate) -> tuple[str, StepsConfig, TaskDecoding, Reference]:
+        """Validate an update before anything changes: the task, steps, settings and reference to run with."""
+        task = update.task or self.task
+        switching = task != self.task
+        if switching:
+            self.server.check_task(task)
+        steps = self._merge_steps(self.server.stream_cfg.steps_for(task) if switching else self.steps, update.options)
+        settings = self._decoding(task, steps)
+        reference = self.reference if update.voice is None else await self._voice(update.voice)
+        if task in PROMPT_TASKS and reference is None:
+            raise proto.ProtocolError(
+                "voice_required",
+                f"task {task!r} needs a reference voice: name one in the same update or set it first "
+                f"(server voices: {self.server.voices.names()}); this session has none",
+            )
+        return task, steps, settings, reference
+
+    def state(self) -> dict:
+        """The session's current settings (published retained over MQTT)."""
+        return {
+            "session_id": self.session_id,
+            "task": self.task,
+            "bypass": self.bypass,
+            "mix": self.mix,
+            "voice": self.voice,
+            "has_reference": self.reference is not None,
+            "stage1_steps": self.steps.stage1,
+            "s2a_steps": list(self.steps.s2a),
+            "sample_rate": self.start.sample_rate,
+            "output_sample_rate": self.start.output_sample_rate,
+            "format": self.start.format,
+            "algorithmic_latency_ms": round(self.session.latency_ms, 2),
+        }
 
     # --- helpers --------------------------------------------------------------------------------
-    def _steps(self, task: str, options: proto.Options) -> StepsConfig:
-        base = self.server.stream_cfg.steps_for(task)
-        s2a = options.s2a_steps or base.s2a
+    @staticmethod
+    def _merge_steps(base: StepsConfig, options: dict) -> StepsConfig:
+        """``base`` with the ``stage1_steps`` / ``s2a_steps`` of ``options`` (None or absent: keep)."""
+        stage1 = options.get("stage1_steps") or base.stage1
+        s2a = tuple(options.get("s2a_steps") or base.s2a)
         if len(s2a) != len(base.s2a):
             raise proto.ProtocolError("invalid_options", f"s2a_steps needs {len(base.s2a)} values, got {len(s2a)}")
-        return StepsConfig(options.stage1_steps or base.stage1, s2a)
+        return StepsConfig(stage1, s2a)
 
-    async def _reference(self, task: str, voice: str | None, data: bytes | None) -> ReferenceTokens | None:
-        if task not in ("tse", "vc"):
+    def _decoding(self, task: str, steps: StepsConfig) -> TaskDecoding:
+        try:
+            return stream_decoding(self.server.official, task, steps)
+        except ConfigError as exc:
+            raise proto.ProtocolError("invalid_options", str(exc)) from None
+
+    async def _reference(self, voice: str | None, data: bytes | None) -> ReferenceTokens | None:
+        """The reference of a session.start (any task: an se session keeps it for a later switch)."""
+        if (voice is None and data is None) or not self._voices_used():
             return None
-        prepare = self.server.prepare_reference
         if voice is not None:
-            try:
-                return await asyncio.to_thread(self.server.voices.get, voice, prepare)
-            except KeyError:
-                names = self.server.voices.names()
-                raise proto.ProtocolError("unknown_voice", f"no voice {voice!r}; available: {names}") from None
+            return await self._voice(voice)
+        prepare = self.server.prepare_reference
         # decoding + resampling up to 30 s of audio is CPU work: off the event loop, like the model work
         return await asyncio.to_thread(lambda: prepare(*decode_reference(data, proto.MAX_REFERENCE_S)))
+
+    async def _voice(self, name: str) -> ReferenceTokens:
+        if not self._voices_used():
+            raise proto.ProtocolError("invalid_voice", f"this server runs {', '.join(self.server.tasks)}: no voices")
+        try:
+            return await asyncio.to_thread(self.server.voices.get, name, self.server.prepare_reference)
+        except KeyError:
+            names = self.server.voices.names()
+            raise proto.ProtocolError("unknown_voice", f"no voice {name!r}; available: {names}") from None
+
+    def _voices_used(self) -> bool:
+        return any(task in PROMPT_TASKS for task in self.server.tasks)
 
     # --- sending --------------------------------------------------------------------------------
     async def _event(self, message) -> None:
@@ -317,16 +357,17 @@ class Connection:
             snap = session.metrics.snapshot()
             if snap["hops"] == 0:
                 continue  # nothing measured yet: no zeros that look like measurements
-            self._queue_event(
-                proto.Stats(
-                    round(snap["rtf"], 3),
-                    round(snap["hop_compute_ms_p50"], 1),
-                    round(snap["queue_ms"], 1),
-                    round(snap["dropped_ms"], 1),
-                    round(snap["latency_ms_p50"], 1),
-                    int(snap["hops"]),
-                )
+            stats = proto.Stats(
+                round(snap["rtf"], 3),
+                round(snap["hop_compute_ms_p50"], 1),
+                round(snap["queue_ms"], 1),
+                round(snap["dropped_ms"], 1),
+                round(snap["latency_ms_p50"], 1),
+                int(snap["hops"]),
             )
+            self._queue_event(stats)
+            self.server.session_stats(self, stats)
+            dropped_before = min(dropped_before, snap["dropped_ms"])  # the counters restart with the stream
             if snap["dropped_ms"] > dropped_before:
                 self._queue_event(
                     proto.Warning(

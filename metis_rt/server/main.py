@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voices-dir", type=Path, help="folder of named reference voices for TSE/VC")
     p.add_argument("--deterministic", action="store_true", help="noise-free decoding (reproducible tests)")
     p.add_argument("--threads", type=int, help="CPU threads for the models (default: torch's choice)")
+    m = p.add_argument_group("MQTT control (docs/mqtt.md)")
+    m.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="broker mqtt[s]://[user@]host[:port][/prefix]; the password is best given in $METIS_RT_MQTT_PASSWORD",
+    )
+    m.add_argument("--mqtt-node", metavar="NAME", help="this server's topic level (default: the host name)")
+    m.add_argument("--mqtt-ca-file", type=Path, metavar="PEM", help="CA bundle to trust for mqtts://")
+    m.add_argument("--mqtt-insecure", action="store_true", help="mqtts:// without certificate checks (testing only)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -47,31 +57,48 @@ def read_tokens(args) -> list[str]:
     return tokens
 
 
+def server_config(args):
+    """configs/server.yaml (or --config) with the command line's changes; MQTT settings are checked here too."""
+    from metis_rt.control.commands import parse_broker_url
+    from metis_rt.server.config import SERVER_CONFIG, load_server_config, mqtt_settings
+
+    server_cfg = load_server_config(args.config or SERVER_CONFIG)
+    changes = {
+        "host": args.host,
+        "port": args.port,
+        "max_sessions": args.max_sessions,
+        "voices_dir": str(args.voices_dir) if args.voices_dir else None,
+        "mqtt": args.mqtt,
+        "mqtt_node": args.mqtt_node,
+        "mqtt_ca_file": str(args.mqtt_ca_file) if args.mqtt_ca_file else None,
+        "mqtt_insecure": True if args.mqtt_insecure else None,
+    }
+    server_cfg = dataclasses.replace(server_cfg, **{k: v for k, v in changes.items() if v is not None})
+    mqtt_settings(server_cfg, mqtt_password())  # ConfigError for a bad URL, node or CA file
+    if args.mqtt and parse_broker_url(args.mqtt).password is not None:
+        log.warning("the MQTT password on the command line is visible to other users; set METIS_RT_MQTT_PASSWORD")
+    return server_cfg
+
+
+def mqtt_password() -> str | None:
+    from metis_rt.control.commands import MQTT_PASSWORD_ENV
+
+    return os.environ.get(MQTT_PASSWORD_ENV) or None
+
+
 def build_server(args):
     import torch
 
     from metis_rt.models.hub import check_model_dir, default_model_dir
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config_for_tasks
     from metis_rt.server.app import MetisServer
-    from metis_rt.server.config import SERVER_CONFIG, load_server_config
     from metis_rt.streaming.config import STREAMING_CONFIG, load_stream_config
     from metis_rt.streaming.processor import MetisWindowProcessor
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks or set(tasks) - set(TASKS):
         raise ConfigError(f"--tasks must name some of {', '.join(TASKS)}, got {args.tasks!r}")
-    server_cfg = load_server_config(args.config or SERVER_CONFIG)
-    changes = {
-        k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "max_sessions": args.max_sessions,
-            "voices_dir": str(args.voices_dir) if args.voices_dir else None,
-        }.items()
-        if v is not None
-    }
-    server_cfg = dataclasses.replace(server_cfg, **changes)
+    server_cfg = server_config(args)  # before the models load: a bad broker URL fails at once
     model_dir = (args.model_dir or default_model_dir()).expanduser()
     official = load_official_config(OFFICIAL_MODEL_CONFIG)
     cfg, _ = resolve_config_for_tasks(model_dir, tasks, official)
@@ -93,6 +120,7 @@ def build_server(args):
         tasks=tasks,
         tokens=read_tokens(args),
         deterministic=args.deterministic,
+        mqtt_password=mqtt_password(),
     )
 
 

@@ -55,8 +55,9 @@ class SessionStart:
 
 @dataclass(frozen=True)
 class SessionUpdate:
-    options: dict[str, Any]  # validated partial Options (bypass, mix, stage1_steps, s2a_steps) and/or voice
-    voice: str | None = None
+    options: dict[str, Any]  # validated partial Options (bypass, mix, stage1_steps, s2a_steps)
+    voice: str | None = None  # a server-side voice: the reference for tse/vc (kept for a later switch on se)
+    task: str | None = None  # switch the running stream to this task (None = keep it)
     type: str = "session.update"
 
 
@@ -126,6 +127,7 @@ class Flushed:
 class Updated:
     options: dict[str, Any]
     voice: str | None
+    task: str | None = None  # the new task when the update switched it
     type: str = "session.updated"
 
 
@@ -146,11 +148,7 @@ def parse_client_message(text: str) -> ClientMessage:
     if kind == "session.start":
         return _parse_start(data)
     if kind == "session.update":
-        options = _parse_options(data.get("options", {}), partial=True)
-        voice = data.get("voice")
-        if voice is not None and not isinstance(voice, str):
-            raise ProtocolError("invalid_voice", "voice must be a string")
-        return SessionUpdate(options, voice)
+        return parse_update(data)
     if kind == "flush":
         return Flush()
     if kind == "session.end":
@@ -160,13 +158,34 @@ def parse_client_message(text: str) -> ClientMessage:
     )
 
 
+def parse_update(data: dict[str, Any]) -> SessionUpdate:
+    """The fields of a ``session.update`` (also how MQTT commands are validated before they reach a session)."""
+    unknown = set(data) - {"type", "options", "voice", "task"}
+    if unknown:
+        raise ProtocolError(
+            "invalid_message", f"unknown field(s) {sorted(unknown)} in session.update; allowed: options, voice, task"
+        )
+    options = _parse_options(data.get("options", {}), partial=True)
+    voice = data.get("voice")
+    if voice is not None and not isinstance(voice, str):
+        raise ProtocolError("invalid_voice", "voice must be the name of a server-side voice")
+    task = data.get("task")
+    if task is not None:
+        _task(task)
+    return SessionUpdate(options, voice, task)
+
+
+def _task(value) -> str:
+    if value not in TASKS:
+        raise ProtocolError("invalid_task", f"task must be one of {', '.join(TASKS)}, got {value!r}")
+    return value
+
+
 def _parse_start(data: dict[str, Any]) -> SessionStart:
     if data.get("protocol") != PROTOCOL_VERSION:
         got = data.get("protocol")
         raise ProtocolError("unsupported_protocol", f"protocol must be {PROTOCOL_VERSION}, got {got!r}")
-    task = data.get("task")
-    if task not in TASKS:
-        raise ProtocolError("invalid_task", f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    task = _task(data.get("task"))
     rate = _rate(data.get("sample_rate"), "sample_rate")
     out_rate = _rate(data.get("output_sample_rate", rate), "output_sample_rate")
     fmt = data.get("format")
