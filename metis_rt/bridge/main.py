@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,14 +22,14 @@ from metis_rt.clients import wire
 from metis_rt.clients.mic import MAX_REFERENCE_BYTES
 from metis_rt.clients.terminal import StatusDisplay, cbreak_keys
 from metis_rt.config import TASKS
-from metis_rt.control.commands import BrokerUrlError, CommandError, Topics, parse_broker_url
+from metis_rt.control import commands
+from metis_rt.control.commands import MQTT_PASSWORD_ENV, BrokerUrlError, CommandError, Topics, parse_broker_url
 from metis_rt.errors import ConfigError, MetisError
 
 log = logging.getLogger("metis_rt.bridge")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_RATE = 48000
-MQTT_PASSWORD_ENV = "METIS_RT_MQTT_PASSWORD"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,9 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_node() -> str:
-    """``bridge-<hostname>`` made valid as one MQTT topic level."""
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname()) or "host"
-    return f"bridge-{host}"
+    """``bridge-<hostname>``, valid as one MQTT topic level."""
+    return "bridge-" + commands.default_node(fallback="host")
 
 
 def broker_from_args(args):
