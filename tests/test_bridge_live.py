@@ -43,7 +43,7 @@ TEST_S = 90.0
 
 @pytest.fixture(scope="module")
 def pulse(tmp_path_factory):
-    daemon = PulseDaemon(tmp_path_factory.mktemp("bridge_pulse"), [null_sink("fake_mic")])
+    daemon = PulseDaemon(tmp_path_factory.mktemp("bridge_pulse"), [null_sink("fake_mic"), null_sink("headphones")])
     yield daemon
     daemon.stop()
 
@@ -69,11 +69,14 @@ def _speech(tmp_path: Path) -> tuple[Path, np.ndarray]:
 class LiveBridge:
     """The bridge subprocess, a recorder on the virtual microphone and a player into the fake microphone."""
 
-    def __init__(self, pulse: PulseDaemon, broker: Broker, tmp_path: Path, local: bool = True, server: str = ""):
+    def __init__(
+        self, pulse: PulseDaemon, broker: Broker, tmp_path: Path, local: bool = True, server: str = "", extra=()
+    ):
         self.pulse, self.tmp = pulse, tmp_path
         self.log_path = tmp_path / "bridge.log"
-        self.record_path = tmp_path / "recorded.raw"
+        self.recorders: dict[str, tuple[subprocess.Popen, Path]] = {}
         args = ["--local"] if local else ["--server", server]
+        args += list(extra)
         args += ["--input", "pulse:fake_mic.monitor", "--mqtt", broker.url, "--mqtt-node", NODE]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -83,7 +86,6 @@ class LiveBridge:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.recorder: subprocess.Popen | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -95,28 +97,30 @@ class LiveBridge:
             assert time.monotonic() < deadline, "no virtual microphone within the deadline\n" + self.log()
             await asyncio.sleep(0.1)
 
-    async def record(self) -> None:
-        """Start recording the virtual microphone; returns once samples arrive (parec can be slow to start)."""
-        with self.record_path.open("wb") as out:
-            self.recorder = subprocess.Popen(
-                ["parec", "-d", "metis_vmic_mic", f"--rate={RATE}", "--channels=1", "--format=float32le"]
+    async def record(self, source: str = "metis_vmic_mic") -> None:
+        """Start recording a source (the virtual microphone, as an app would); returns once samples arrive."""
+        path = self.tmp / f"{source}.raw"
+        with path.open("wb") as out:
+            recorder = subprocess.Popen(
+                ["parec", "-d", source, f"--rate={RATE}", "--channels=1", "--format=float32le"]
                 + ["--raw", "--latency-msec=20"],
                 env=self.pulse.env,
                 stdout=out,
             )
+        self.recorders[source] = (recorder, path)
         deadline = time.monotonic() + STEP_S
-        while self.record_path.stat().st_size < RATE // 10 * 4:  # 100 ms recorded
-            assert self.recorder.poll() is None, "parec exited"
+        while path.stat().st_size < RATE // 10 * 4:  # 100 ms recorded (parec can be slow to start)
+            assert recorder.poll() is None, "parec exited"
             assert time.monotonic() < deadline, "parec recorded nothing"
             await asyncio.sleep(0.05)
 
     def play(self, path: Path) -> subprocess.Popen:
         return subprocess.Popen(["paplay", "-d", "fake_mic", str(path)], env=self.pulse.env)
 
-    def recorded(self) -> np.ndarray:
-        if self.recorder is not None:
-            stop_process(self.recorder, signal.SIGINT)
-        return np.fromfile(self.record_path, dtype="<f4")
+    def recorded(self, source: str = "metis_vmic_mic") -> np.ndarray:
+        recorder, path = self.recorders.pop(source)
+        stop_process(recorder, signal.SIGINT)
+        return np.fromfile(path, dtype="<f4")
 
     def stop(self) -> int:
         stop_process(self.proc)
@@ -201,6 +205,7 @@ def test_bridge_processes_into_the_virtual_mic_and_mqtt_controls_mix_and_bypass(
             state = await _message(client, f"{BASE}/state")
             assert state["task"] == "se" and state["mix"] == 1.0 and state["bypass"] is False
             await bridge.record()
+            await bridge.record("headphones.monitor")
             await asyncio.sleep(0.5)
             player = bridge.play(path)
             await asyncio.sleep(1.0)
@@ -224,11 +229,11 @@ def test_bridge_processes_into_the_virtual_mic_and_mqtt_controls_mix_and_bypass(
             assert stats["algorithmic_latency_ms"] > 0 and stats["captured_s"] > 0
             await _wait_until(player, 30)
             await asyncio.sleep(TAIL_S)
-        return bridge.recorded()
+        return bridge.recorded(), bridge.recorded("headphones.monitor")
 
-    bridge = LiveBridge(pulse, broker, tmp_path)
+    bridge = LiveBridge(pulse, broker, tmp_path, extra=["--monitor", "pulse:headphones"])
     try:
-        recorded = asyncio.run(asyncio.wait_for(body(bridge), TEST_S))
+        recorded, monitored = asyncio.run(asyncio.wait_for(body(bridge), TEST_S))
     finally:
         code = bridge.stop()
     log = bridge.log()
@@ -250,6 +255,11 @@ def test_bridge_processes_into_the_virtual_mic_and_mqtt_controls_mix_and_bypass(
     ramps = ramps[valid[ramps]]
     assert residual[ramps].max() < max(4 * steady, 0.1), (residual[ramps], steady)
     assert np.all((gains[ramps] > GAIN - 0.05) & (gains[ramps] < 1.05)), gains[ramps]
+    # the monitor (headphones) plays the same processed audio as the virtual microphone
+    m_gains, _, m_valid = _frame_gains(monitored, x)
+    m_level = _smoothed(m_gains, m_valid)
+    for target, frames in ((GAIN, wet), (1.0, dry)):
+        assert np.mean(np.abs(m_level[frames] - target) < 0.1) > 0.9, m_level[frames]
 
 
 def test_broker_restart_keeps_audio_flowing_and_control_returns(pulse, broker, tmp_path):

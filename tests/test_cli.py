@@ -150,3 +150,12 @@ def test_process_bad_input_gets_a_clear_error_and_writes_nothing(parity_dir, tmp
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command, usage", [("serve", "usage: metis-rt serve"), ("bridge", "usage: metis-rt bridge")])
+def test_serve_and_bridge_take_their_own_options(command, usage, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])  # options after the subcommand reach its own parser, --help included
+    assert exit_info.value.code == 0 and usage in capsys.readouterr().out
+    assert main([command, "--rate" if command == "bridge" else "--threads", "0"]) == 2
+    assert "error" in capsys.readouterr().err

@@ -15,7 +15,6 @@ import os
 import pty
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from metis_rt.clients.jitter import JitterBuffer
 from metis_rt.clients.mic import key_command
 
 from .conftest import EXAMPLES_DIR, REPO_DIR
+from .realparts import PulseDaemon, null_sink, stop_process
 
 SPEECH = EXAMPLES_DIR / "speech_noisy.wav"
 CONTROL = EXAMPLES_DIR / "reference.wav"  # played in bypass: a different signal, so no time alignment is needed
@@ -293,16 +293,6 @@ class LineReader:
         return "\n".join(self.lines)
 
 
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def server_url(combined_model_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
@@ -321,51 +311,21 @@ def server_url(combined_model_dir, tmp_path_factory):
             port = LineReader(proc.stdout).wait_for(r"ready on port (\d+)", SERVER_START_TIMEOUT_S).group(1)
             yield f"ws://127.0.0.1:{port}"
         finally:
-            _stop(proc, signal.SIGINT, timeout=15)
+            stop_process(proc, signal.SIGINT, timeout_s=15)
     assert proc.returncode == 0, log_path.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
 def pulse_env(tmp_path_factory):
     """A private PulseAudio daemon with mic_sink, spk_sink and mon_sink; returns the environment that reaches it."""
-    missing = [tool for tool in ("pulseaudio", "pactl", "paplay", "parec") if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"PulseAudio tools missing ({', '.join(missing)}): apt-get install pulseaudio pulseaudio-utils")
     try:
         dev.load_sounddevice()
     except dev.AudioDeviceError as exc:
         pytest.fail(f"{exc} (apt-get install libportaudio2)")
-    root = tmp_path_factory.mktemp("pulse")
-    runtime, home = root / "run", root / "home"
-    runtime.mkdir(mode=0o700)
-    home.mkdir()
-    (home / ".asoundrc").write_text(ASOUNDRC)
-    socket = runtime / "pulse" / "native"
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "XDG_RUNTIME_DIR": str(runtime),
-        "PULSE_RUNTIME_PATH": str(runtime / "pulse"),
-        "PULSE_SERVER": f"unix:{socket}",
-    }
-    sink = "module-null-sink sink_name={} rate=16000 channels=1 format=float32le"
-    daemon = subprocess.Popen(
-        ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "-n", "--use-pid-file=no"]
-        + ["--load=module-native-protocol-unix", "--load=module-always-sink"]
-        + [f"--load={sink.format(name)}" for name in ("mic_sink", "spk_sink", "mon_sink")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(root / "pulseaudio.log", "wb"),  # noqa: SIM115 - lives as long as the daemon
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while subprocess.run(["pactl", "info"], env=env, capture_output=True, timeout=5).returncode != 0:
-            assert daemon.poll() is None, (root / "pulseaudio.log").read_text()
-            assert time.monotonic() < deadline, "PulseAudio did not come up within 15 s"
-            time.sleep(0.1)
-        yield env
-    finally:
-        _stop(daemon)
+    sinks = [null_sink(name, rate=16000) for name in ("mic_sink", "spk_sink", "mon_sink")]
+    daemon = PulseDaemon(tmp_path_factory.mktemp("pulse"), ["module-always-sink", *sinks], asoundrc=ASOUNDRC)
+    yield daemon.env
+    daemon.stop()
 
 
 def _mic_client(env, *args, stdin=subprocess.DEVNULL) -> subprocess.Popen:
@@ -467,8 +427,8 @@ def test_mic_client_processes_the_microphone_and_quits_on_q(pulse_env, server_ur
         os.write(master, b"q")
         assert client.wait(EXIT_TIMEOUT_S) == 0, out.text()
     finally:
-        _stop(client)
-        _stop(parec)
+        stop_process(client)
+        stop_process(parec)
         os.close(master)
     log = out.text()
     assert re.search(r"session ended: sent [1-9][\d.]* s, received [1-9][\d.]* s", log), log
@@ -496,7 +456,7 @@ def test_mic_client_with_a_monitor_exits_cleanly_on_sigterm(pulse_env, server_ur
         client.send_signal(signal.SIGTERM)
         assert client.wait(EXIT_TIMEOUT_S) == 0, out.text()
     finally:
-        _stop(client, signal.SIGKILL)
+        stop_process(client, signal.SIGKILL)
     assert "session ended" in out.text()
 
 

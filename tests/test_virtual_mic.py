@@ -1,6 +1,5 @@
 """The Linux virtual microphone: pure argument building and parsing, then real modules on a private PulseAudio."""
 
-import os
 import selectors
 import shutil
 import signal
@@ -15,6 +14,7 @@ from metis_rt.bridge import VirtualMic, VirtualMicError, cleanup_stale
 from metis_rt.bridge import virtual_mic as vm
 
 from .conftest import REPO_DIR
+from .realparts import PulseDaemon, stop_process
 
 OWNER = vm.Owner(pid=4242, start_ticks=987654, host="box-1")
 RATE_HZ = 16000
@@ -111,53 +111,15 @@ def test_missing_pactl_and_unreachable_server_are_clear(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- a private PulseAudio
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(EXIT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def pulse(tmp_path_factory):
     """A private PulseAudio daemon; the test process's environment points at it while the module's tests run."""
-    missing = [tool for tool in ("pulseaudio", "pactl", "paplay", "parec") if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"PulseAudio tools missing ({', '.join(missing)}): apt-get install pulseaudio pulseaudio-utils")
-    root = tmp_path_factory.mktemp("vmic_pulse")
-    runtime = root / "run"
-    runtime.mkdir(mode=0o700)
-    env = {
-        "HOME": str(root),
-        "XDG_RUNTIME_DIR": str(runtime),
-        "PULSE_RUNTIME_PATH": str(runtime / "pulse"),
-        "PULSE_SERVER": f"unix:{runtime / 'pulse' / 'native'}",
-    }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    daemon = subprocess.Popen(
-        ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "-n", "--use-pid-file=no"]
-        + ["--load=module-native-protocol-unix", "--load=module-null-sink sink_name=base_sink"],  # a fixed module set
-        stdout=subprocess.DEVNULL,
-        stderr=open(root / "pulseaudio.log", "wb"),  # noqa: SIM115 - lives as long as the daemon
-    )
+    daemon = PulseDaemon(tmp_path_factory.mktemp("vmic_pulse"), ["module-null-sink sink_name=base_sink"])
     try:
-        deadline = time.monotonic() + 15
-        while subprocess.run(["pactl", "info"], capture_output=True, timeout=5).returncode != 0:
-            assert daemon.poll() is None, (root / "pulseaudio.log").read_text()
-            assert time.monotonic() < deadline, "PulseAudio did not come up within 15 s"
-            time.sleep(0.1)
-        yield dict(os.environ)
+        with daemon.applied() as env:
+            yield env
     finally:
-        _stop(daemon)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        daemon.stop()
 
 
 def _short(kind: str) -> list[list[str]]:
@@ -203,7 +165,7 @@ def test_audio_played_into_the_sink_is_heard_on_the_source(pulse, tmp_path):
             subprocess.run(["paplay", "-d", mic.sink_name, *raw, str(tmp_path / "tone.raw")], check=True, timeout=15)
             time.sleep(0.3)
         finally:
-            _stop(parec)
+            stop_process(parec)
     recorded = np.frombuffer((tmp_path / "rec.raw").read_bytes(), dtype="<i2").astype(np.float64) / 32768
     assert len(recorded) > RATE_HZ, "parec recorded less than a second"
     rms = np.sqrt(np.mean(recorded**2))
@@ -234,7 +196,7 @@ def _start_owner(name: str, state_dir) -> tuple[subprocess.Popen, set[int]]:
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         if not sel.select(READY_TIMEOUT_S):
-            _stop(proc, signal.SIGKILL)
+            stop_process(proc, signal.SIGKILL)
             pytest.fail(f"owner process not ready within {READY_TIMEOUT_S} s")
     line = proc.stdout.readline().split()
     assert line and line[0] == "ready", proc.stderr.read() if proc.poll() is not None else line
@@ -244,7 +206,7 @@ def _start_owner(name: str, state_dir) -> tuple[subprocess.Popen, set[int]]:
 def test_sigterm_removes_own_modules(pulse, tmp_path):
     proc, indices = _start_owner("vmic_term", tmp_path)
     assert len(indices) == 2 and indices <= _module_indices()
-    _stop(proc, signal.SIGTERM)
+    stop_process(proc, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
     assert not indices & _module_indices()
     assert not list(tmp_path.glob("vmic-*.json"))
@@ -253,7 +215,7 @@ def test_sigterm_removes_own_modules(pulse, tmp_path):
 def test_cleanup_stale_removes_modules_of_a_killed_run_only(pulse, tmp_path):
     with VirtualMic("vmic_live", state_dir=tmp_path, clean_stale=False) as live:
         proc, indices = _start_owner("vmic_killed", tmp_path)
-        _stop(proc, signal.SIGKILL)
+        stop_process(proc, signal.SIGKILL)
         assert indices <= _module_indices(), "SIGKILL should leave the modules behind"
         assert (tmp_path / "vmic-vmic_killed.json").is_file()
         foreign = subprocess.run(
