@@ -1,4 +1,4 @@
-"""``metis-rt`` command line: ``download``, ``process``, ``parity``, ``serve``, ``bridge``."""
+"""``metis-rt`` command line: ``download``, ``process``, ``parity``, ``serve``, ``bridge``, ``data``, ``eval``."""
 
 from __future__ import annotations
 
@@ -103,6 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
         "bridge", help="microphone -> metis-rt -> virtual microphone (options: metis-rt bridge --help)", add_help=False
     )
     br.add_argument("bridge_args", nargs=argparse.REMAINDER)
+
+    da = sub.add_parser("data", help="datasets: build-eval (the evaluation set)")
+    da_sub = da.add_subparsers(dest="data_command", required=True)
+    be = da_sub.add_parser("build-eval", help="build the evaluation set from Debian speech/noise packages")
+    be.add_argument("--out", type=Path, required=True, help="output folder (manifest.json + audio)")
+    be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--quick", action="store_true", help="a small subset (seconds to build)")
+
+    ev = sub.add_parser("eval", help="evaluate systems on the evaluation set; writes a report folder")
+    ev.add_argument("--out", type=Path, required=True, help="report folder (report.md, clips.csv, PNG plots, audio/)")
+    ev.add_argument("--set", dest="set_dir", type=Path, help="an evaluation set folder (default: build one in OUT/set)")
+    ev.add_argument("--quick", action="store_true", help="a small subset of items and no WER (CI-sized)")
+    ev.add_argument("--model-dir", type=Path, help="add the metis-* systems (offline + streaming) from this folder")
+    ev.add_argument("--systems", help="comma-separated systems (default: all usable)")
+    ev.add_argument("--tasks", type=_tasks, help="only these tasks (default: every task in the set)")
+    ev.add_argument("--metrics", help="comma-separated metrics (default: all; --quick: all but wer)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--workers", type=int, default=2, help="metric worker processes (default 2)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of a set built on the fly")
+    ev.add_argument("--no-progress", action="store_true")
 
     q = sub.add_parser("parity", help="check our implementation against reference vector directories")
     q.add_argument("dirs", nargs="+", type=Path, help="vector directories (model dir + cases/manifest.json)")
@@ -294,6 +314,43 @@ def cmd_serve(args) -> int:
     return serve_main(args.serve_args)
 
 
+def cmd_data(args) -> int:
+    from metis_rt.data.evalset import build_eval_set
+
+    manifest = build_eval_set(args.out, seed=args.seed, quick=args.quick)
+    counts: dict[str, int] = {}
+    for item in manifest["items"]:
+        counts[item["task"]] = counts.get(item["task"], 0) + 1
+    print(f"{args.out}: {len(manifest['items'])} items ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from metis_rt.eval.metrics import METRICS
+    from metis_rt.eval.runner import EvalOptions, run_eval
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else None
+    if metrics and set(metrics) - set(METRICS):
+        raise ConfigError(f"unknown metric(s) {sorted(set(metrics) - set(METRICS))}; choose from {', '.join(METRICS)}")
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    opts = EvalOptions(
+        out_dir=args.out,
+        set_dir=args.set_dir,
+        quick=args.quick,
+        model_dir=args.model_dir,
+        systems=tuple(s.strip() for s in args.systems.split(",")) if args.systems else None,
+        tasks=tuple(args.tasks) if args.tasks else None,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        metrics=metrics,
+    )
+    report = run_eval(opts, progress=not args.no_progress)
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_bridge(args) -> int:
     from metis_rt.bridge.main import main as bridge_main
 
@@ -306,4 +363,6 @@ COMMANDS = {
     "parity": cmd_parity,
     "serve": cmd_serve,
     "bridge": cmd_bridge,
+    "data": cmd_data,
+    "eval": cmd_eval,
 }

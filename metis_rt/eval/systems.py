@@ -1,0 +1,165 @@
+"""The systems an evaluation compares: baselines and metis-rt (offline, and streaming at several geometries).
+
+Every system maps one manifest item to a 16 kHz mono float32 output as long as its input. Metis systems load the
+model directory once and run on CPU (or ``device``); streaming systems push the whole input through the live engine
+(the same sessions the server runs, not real-time paced) so their numbers include every streaming approximation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soxr
+import torch
+
+from metis_rt.audio.files import load_for_model
+from metis_rt.errors import ConfigError
+
+RATE = 16000
+STREAM_GEOMETRIES: dict[str, tuple[int, int]] = {  # name suffix -> (chunk_ms, lookahead_ms)
+    "160-80": (160, 80),
+    "240-160": (240, 160),
+    "480-240": (480, 240),
+}
+BASELINE_LATENCY_MS = {"unprocessed": 0.0, "rnnoise": 20.0, "spectral_gating": None}  # None: needs the whole file
+
+
+@dataclass
+class System:
+    """``run(task, input_path, enrollment_path) -> 16 kHz output``; ``latency_ms`` None = offline (whole file)."""
+
+    name: str
+    tasks: tuple[str, ...]
+    latency_ms: float | None
+    run: Callable[[str, Path, Path | None], np.ndarray]
+
+
+def _read16(path: Path) -> np.ndarray:
+    return load_for_model(path, rates=(RATE,), min_seconds=0.1)[RATE]
+
+
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32).reshape(-1)
+    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+
+
+def baseline_systems() -> list[System]:
+    from metis_rt.eval import baselines
+
+    out = []
+    for cls, tasks in ((baselines.Unprocessed, ("se", "tse", "vc")), (baselines.RNNoise, ("se", "tse"))):
+        out.append(_baseline(cls(), tasks))
+    out.append(_baseline(baselines.SpectralGating(), ("se", "tse")))
+    return out
+
+
+def _baseline(impl, tasks: tuple[str, ...]) -> System:
+    def run(task: str, input_path: Path, enrollment: Path | None) -> np.ndarray:
+        x = _read16(input_path)
+        return _fit(impl.process(x, RATE), len(x))
+
+    return System(impl.name, tasks, BASELINE_LATENCY_MS.get(impl.name), run)
+
+
+class MetisModels:
+    """One model directory loaded once for every task it holds, shared by the offline and streaming systems."""
+
+    def __init__(self, model_dir: Path, tasks: Sequence[str], device: str = "cpu", deterministic: bool = True):
+        from metis_rt.config import OFFICIAL_MODEL_CONFIG, load_official_config
+        from metis_rt.models.hub import check_model_dir
+        from metis_rt.pipeline.components import load_components, resolve_config_for_tasks
+
+        self.model_dir, self.tasks, self.deterministic = Path(model_dir), tuple(tasks), deterministic
+        self.device = torch.device(device)
+        self.official = load_official_config(OFFICIAL_MODEL_CONFIG)
+        self.cfg, _ = resolve_config_for_tasks(self.model_dir, list(self.tasks), self.official)
+        check_model_dir(self.model_dir, list(self.tasks), self.cfg)
+        self.comps = load_components(self.model_dir, list(self.tasks), self.cfg, device=self.device)
+
+    @property
+    def official_architecture(self) -> bool:
+        """False when the directory's architecture differs from the official Metis one (e.g. a tiny test model)."""
+        ref = self.official.model
+        return (self.cfg.stage1, self.cfg.s2a_full, self.cfg.ssl) == (ref.stage1, ref.s2a_full, ref.ssl)
+
+    def offline(self) -> System:
+        from metis_rt.pipeline.offline import OUTPUT_SAMPLE_RATE, MetisPipeline
+        from metis_rt.pipeline.process import make_noise, process, read_inputs, task_settings
+
+        pipeline = MetisPipeline(self.comps)
+
+        def run(task: str, input_path: Path, enrollment: Path | None) -> np.ndarray:
+            inputs = read_inputs(task, input_path, enrollment if task in ("tse", "vc") else None)
+            noise = make_noise(self.deterministic, 0, self.device)
+            wav, _ = process(pipeline, task, inputs, task_settings(self.official, task), noise, progress=False)
+            return _fit(soxr.resample(wav, OUTPUT_SAMPLE_RATE, RATE), len(inputs.source_16k))
+
+        return System("metis-offline", self.tasks, None, run)
+
+    def streaming(self, chunk_ms: int, lookahead_ms: int) -> System:
+        from metis_rt.streaming.config import STREAMING_CONFIG, load_stream_config, stream_decoding
+        from metis_rt.streaming.engine import Engine
+        from metis_rt.streaming.geometry import CODEC_RATE, SSL_RATE, Geometry
+        from metis_rt.streaming.processor import MetisWindowProcessor
+        from metis_rt.streaming.session import SessionSpec, StreamSession
+        from metis_rt.streaming.simulate import simulate
+
+        stream_cfg = load_stream_config(STREAMING_CONFIG)
+        try:
+            geometry_cfg = dataclasses.replace(stream_cfg.geometry, chunk_ms=chunk_ms, lookahead_ms=lookahead_ms)
+            geometry = Geometry.from_config(geometry_cfg)
+        except ValueError as exc:
+            raise ConfigError(f"stream geometry {chunk_ms}/{lookahead_ms} ms: {exc}") from None
+        processor = MetisWindowProcessor(self.comps)
+
+        def run(task: str, input_path: Path, enrollment: Path | None) -> np.ndarray:
+            x = _read16(input_path)
+            reference = None
+            if task in ("tse", "vc"):
+                ref = load_for_model(enrollment, rates=(SSL_RATE, CODEC_RATE), min_seconds=1.0)
+                reference = processor.prepare_reference(ref[SSL_RATE], ref[CODEC_RATE])
+            settings = stream_decoding(self.official, task, stream_cfg.steps_for(task))
+            spec = SessionSpec(task, RATE, RATE, settings, self.deterministic, 0)
+            session = StreamSession(1, spec, geometry, stream_cfg.engine, processor.num_quantizers, reference)
+            engine = Engine(processor, stream_cfg.engine)
+            engine.add(session)
+            engine.start()
+            try:
+                out, _ = simulate(engine, session, x, packet_ms=20.0)
+            finally:
+                engine.stop()
+            return _fit(out, len(x))
+
+        probe = StreamSession(
+            0,
+            SessionSpec("se", RATE, RATE, stream_decoding(self.official, "se", stream_cfg.steps_for("se"))),
+            geometry,
+            stream_cfg.engine,
+            processor.num_quantizers,
+        )
+        return System(f"metis-stream-{chunk_ms}-{lookahead_ms}", self.tasks, round(probe.latency_ms, 1), run)
+
+
+def select(
+    names: Sequence[str] | None, model_dir: Path | None, tasks: Sequence[str], device: str = "cpu"
+) -> tuple[list[System], MetisModels | None]:
+    """The systems to run: baselines always available; metis-* need ``model_dir``. ``names`` None = all usable."""
+    systems = baseline_systems()
+    models = None
+    wanted_metis = names is None or any(n.startswith("metis") for n in names)
+    if model_dir is not None and wanted_metis:
+        models = MetisModels(model_dir, tasks, device)
+        systems.append(models.offline())
+        systems += [models.streaming(*sizes) for sizes in STREAM_GEOMETRIES.values()]
+    if names is not None:
+        known = {s.name: s for s in systems}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            hint = "" if model_dir is not None else " (metis-* systems need --model-dir)"
+            raise ConfigError(f"unknown system(s) {unknown}; available: {sorted(known)}{hint}")
+        systems = [known[n] for n in names]
+    return systems, models
