@@ -154,7 +154,8 @@ def plot_spectrograms(path: Path, item: dict, root: Path, outputs: dict[str, Pat
     for ax, (label, wav_path) in zip(np.atleast_1d(axes), panels, strict=True):
         x, rate = sf.read(wav_path, dtype="float32")
         x = x if x.ndim == 1 else x.mean(axis=1)
-        ax.specgram(x + 1e-9, NFFT=512, Fs=rate, noverlap=384, cmap="magma", vmin=-120, vmax=-20)
+        with np.errstate(divide="ignore"):  # digital silence: log of 0 is drawn as the floor colour
+            ax.specgram(x, NFFT=512, Fs=rate, noverlap=384, cmap="magma", vmin=-120, vmax=-20)
         ax.set_ylabel("Hz")
         ax.set_title(label, fontsize=9, loc="left")
     np.atleast_1d(axes)[-1].set_xlabel("time (s)")

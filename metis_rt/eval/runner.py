@@ -27,7 +27,7 @@ from metis_rt.eval import systems as sysmod
 
 log = logging.getLogger(__name__)
 
-QUICK_PER_TASK = {"se": 4, "tse": 2, "vc": 2}
+QUICK_PER_TASK = {"se": 3, "tse": 1, "vc": 1}  # CI-sized: 5 clips, every system
 
 
 @dataclass(frozen=True)
