@@ -366,3 +366,7 @@ COMMANDS = {
     "data": cmd_data,
     "eval": cmd_eval,
 }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -399,3 +399,19 @@ def test_bridge_through_a_server_plays_and_relays_commands_and_refusals(pulse, b
     dry = _runs(_smoothed(gains, valid), valid, 1.0)
     # the last seconds, after the bypass, are the raw microphone through the server: the audio made the round trip
     assert len(dry) > 50 and dry.max() > 0.8 * len(gains), (len(dry), len(gains))
+
+
+def test_unreachable_server_is_a_clear_error_and_leaves_no_device(pulse, tmp_path):
+    port = free_port()  # nothing listens there
+    proc = subprocess.run(
+        [sys.executable, "-m", "metis_rt.cli", "bridge", "--server", f"ws://127.0.0.1:{port}"]
+        + ["--input", "pulse:fake_mic.monitor", "--duration", "5"],
+        cwd=REPO_DIR,
+        env={**pulse.env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot connect to ws://127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not _owners(pulse)  # the virtual microphone it created was removed again
