@@ -33,7 +33,7 @@ from metis_rt.bridge.backends import BackendError, LocalBackend, RemoteBackend
 from metis_rt.bridge.playout import DEFAULT_FADE_MS, Playout
 from metis_rt.bridge.virtual_mic import VirtualMic
 from metis_rt.clients import devices as dev
-from metis_rt.clients.mic import MIX_STEP
+from metis_rt.clients.mic import key_command
 from metis_rt.clients.terminal import StatusDisplay
 from metis_rt.control.commands import BrokerConfig, Command, CommandError, SetBypass, SetMix
 
@@ -125,7 +125,7 @@ def routed(kind: str, pulse_name: str | None) -> Iterator[None]:
 def stats_payload(backend: Backend, playout: Playout, counters: BridgeCounters, input_rate: int) -> dict:
     """What ``<prefix>/<node>/stats`` carries: the processing side's figures and the bridge's own."""
     s = backend.stats()
-    dropped_client = getattr(backend, "dropped_input_samples", 0) * 1000 / input_rate
+    dropped_client = backend.dropped_input_samples * 1000 / input_rate
     return {
         "algorithmic_latency_ms": round(backend.latency_ms, 1),
         "rtf": round(float(s.get("rtf", 0.0)), 3),
@@ -300,15 +300,13 @@ class Bridge:
     async def _keys_loop(self) -> None:
         async for key in self.display.keys():
             s = self.backend.settings
-            if key == "q":
+            action, options = key_command(key, s.bypass, s.mix)  # the mic client's keys
+            if action == "quit":
                 self.request_quit()
                 continue
-            if key == "b":
-                command: Command = SetBypass(not s.bypass)
-            elif key in ("m", "M"):
-                command = SetMix(round(min(1.0, max(0.0, s.mix + (MIX_STEP if key == "M" else -MIX_STEP))), 2))
-            else:
+            if action != "update":
                 continue
+            command: Command = SetBypass(options["bypass"]) if "bypass" in options else SetMix(options["mix"])
             try:
                 await self.apply(command)
             except CommandError as exc:

@@ -65,6 +65,8 @@ class BridgeSettings:
 class LocalBackend:
     """An engine thread of our own with one session; ``tasks`` are the tasks whose models were loaded."""
 
+    dropped_input_samples = 0  # input is never queued outside the session (its own drops are in its metrics)
+
     def __init__(
         self,
         processor: WindowProcessor,
