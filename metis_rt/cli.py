@@ -10,7 +10,14 @@ from pathlib import Path
 
 import torch
 
-from metis_rt.config import TASKS, load_official_config
+from metis_rt.config import (
+    ALL_TASKS,
+    GENERATIVE_TASKS,
+    STAGE1_FAMILIES,
+    TASKS,
+    load_official_config,
+    stage1_variant,
+)
 from metis_rt.errors import ConfigError, MetisError
 from metis_rt.pipeline.segments import DEFAULT_MAX_SEGMENT_S
 
@@ -20,12 +27,18 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def _tasks(value: str) -> list[str]:
+def _tasks(value: str, known: tuple[str, ...] = TASKS) -> list[str]:
     tasks = [t.strip() for t in value.split(",") if t.strip()]
-    unknown = sorted(set(tasks) - set(TASKS))
+    unknown = sorted(set(tasks) - set(known))
     if unknown or not tasks:
-        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; choose from {', '.join(known)}")
     return tasks
+
+
+def _download_targets(value: str) -> list[str]:
+    from metis_rt.models.hub import DOWNLOAD_TARGETS
+
+    return _tasks(value, DOWNLOAD_TARGETS)
 
 
 def _int_list(value: str) -> tuple[int, ...]:
@@ -54,17 +67,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("download", help="fetch the official weights a task needs into a model directory")
-    d.add_argument("--tasks", type=_tasks, default=list(TASKS), help="comma-separated tasks (default: se,tse,vc)")
+    d.add_argument(
+        "--tasks",
+        type=_download_targets,
+        default=list(TASKS),
+        help="comma-separated: se,tse,vc,tts,l2s and/or omni (the Metis-Omni checkpoint) (default: se,tse,vc)",
+    )
     d.add_argument("--cache-dir", type=Path, help="Hugging Face cache directory (default: the HF default)")
     d.add_argument("--token", help="Hugging Face token (default: the logged-in one, if any)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_model_args(d)
 
-    p = sub.add_parser("process", help="run SE / TSE / VC on an audio file (24 kHz mono out)")
-    p.add_argument("input", type=Path, help="input audio (wav, flac, ogg, ...; any rate and channel count)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output file (.wav, .flac or .ogg)")
-    p.add_argument("--task", choices=TASKS, required=True)
-    p.add_argument("--reference", type=Path, help="target-speaker recording (required for tse and vc)")
+    p = sub.add_parser("process", help="run SE / TSE / VC on an audio file, TTS on text, L2S on visual features")
+    p.add_argument("input", type=Path, nargs="?", help="input audio for se/tse/vc (any format, rate and channels)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file (.wav, .flac or .ogg; 24 kHz mono)")
+    p.add_argument("--task", choices=ALL_TASKS, required=True)
+    p.add_argument(
+        "--reference", type=Path, help="target-speaker recording (tse, vc) / the voice to speak in (tts, l2s)"
+    )
+    p.add_argument(
+        "--stage1",
+        choices=STAGE1_FAMILIES,
+        default="task",
+        help="stage-1 model: the task's own checkpoint, or omni = Metis-Omni for se/tse/vc/tts (default: task)",
+    )
+    gen = p.add_argument_group("tts / l2s")
+    gen.add_argument("--text", help="tts: the text to speak")
+    gen.add_argument("--text-file", type=Path, help="tts: read the text from a UTF-8 file")
+    gen.add_argument("--reference-text", help="tts: the words spoken in --reference (its transcript)")
+    gen.add_argument("--language", default="en", help="tts: language of --text (default: en)")
+    gen.add_argument("--reference-language", help="tts: language of --reference-text (default: --language)")
+    gen.add_argument("--visual-features", type=Path, help="l2s: [frames, 768] features at 25 fps (.npy / .npz)")
+    gen.add_argument("--visual-fps", type=float, help="l2s: frame rate of --visual-features (must be 25)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--deterministic", action="store_true", help="noise-free decoding (reproducible, parity mode)")
@@ -192,6 +226,10 @@ def cmd_process(args) -> int:
         task_settings,
     )
 
+    if args.task in GENERATIVE_TASKS:
+        return cmd_generate(args)
+    if args.input is None:
+        raise ConfigError(f"task {args.task!r} needs an input audio file")
     if args.stream:
         return cmd_process_stream(args)
     # Everything that can be wrong with the request is checked before the (slow) model load.
@@ -203,16 +241,93 @@ def cmd_process(args) -> int:
     )
     settings = task_settings(official, args.task, overrides)
     inputs = read_inputs(args.task, args.input, args.reference, allow_clipped=args.allow_clipped)
-    check_model_dir(model_dir, [args.task], cfg)
-    pipeline = MetisPipeline(load_components(model_dir, [args.task], cfg, dtype=dtype, device=device))
+    variant = stage1_variant(args.task, args.stage1)
+    check_model_dir(model_dir, [variant], cfg)
+    pipeline = MetisPipeline(load_components(model_dir, [variant], cfg, dtype=dtype, device=device))
     noise = make_noise(args.deterministic, args.seed, device)
     wav, report = process(
-        pipeline, args.task, inputs, settings, noise, max_segment_s=args.max_segment_s, progress=not args.no_progress
+        pipeline,
+        args.task,
+        inputs,
+        settings,
+        noise,
+        max_segment_s=args.max_segment_s,
+        progress=not args.no_progress,
+        variant=variant,
     )
     write_audio(output, wav, OUTPUT_SAMPLE_RATE)
     print(
         f"{output}: {report.output_s:.2f} s at 24 kHz from {report.input_s:.2f} s of input "
         f"({report.segments} segment(s), {report.compute_s:.1f} s, real-time factor {report.real_time_factor:.2f})"
+    )
+    return 0
+
+
+def cmd_generate(args) -> int:
+    """``process --task tts|l2s``: inputs checked first, then the models loaded, then one run."""
+    from metis_rt.audio.files import write_audio
+    from metis_rt.models.hub import check_model_dir
+    from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config
+    from metis_rt.pipeline.generative import read_text, read_voice, run_l2s, run_tts
+    from metis_rt.pipeline.offline import OUTPUT_SAMPLE_RATE, MetisPipeline
+    from metis_rt.pipeline.process import DecodingOverrides, check_output_path, make_noise, task_settings
+
+    model_dir, device, dtype = _model_dir(args), _device(args.device), parse_dtype(args.dtype)
+    output = check_output_path(args.output)
+    if args.input is not None:
+        raise ConfigError(f"task {args.task!r} takes no input audio; the voice comes from --reference")
+    if args.stream:
+        raise ConfigError(f"--stream is for se/tse/vc; {args.task} output is produced sentence by sentence anyway")
+    if args.reference is None:
+        raise ConfigError(f"task {args.task!r} needs --reference: a few seconds of the voice to speak in")
+    variant = stage1_variant(args.task, args.stage1)
+    cfg, official = resolve_config(model_dir, variant, _official(args))
+    overrides = DecodingOverrides(
+        args.stage1_steps, args.cfg, args.temperature, args.s2a_steps, args.s2a_cfg, args.s2a_temperature
+    )
+    settings = task_settings(official, args.task, overrides)
+    voice = read_voice(args.reference, allow_clipped=args.allow_clipped)
+    if args.task == "tts":
+        from metis_rt.text.tokenizer import PhoneTokenizer
+
+        text = read_text(args.text, args.text_file)
+        prompt_text = read_text(args.reference_text, None, "--reference-text") if args.reference_text else None
+        if prompt_text is None:
+            raise ConfigError("task 'tts' needs --reference-text: the words spoken in --reference")
+        tokenizer = PhoneTokenizer.load(model_dir)
+        prompt_language = args.reference_language or args.language
+        tokenizer.g2p(prompt_text, prompt_language)  # unsupported language / unpronounceable text: fail before loading
+        tokenizer.g2p(text, args.language)
+    else:
+        from metis_rt.pipeline.visual import load_features
+
+        if args.visual_features is None:
+            raise ConfigError("task 'l2s' needs --visual-features: [frames, D] features at 25 fps (.npy / .npz)")
+        features = load_features(args.visual_features, cfg.stage1.visual_dim, args.visual_fps)
+    check_model_dir(model_dir, [variant], cfg)
+    pipeline = MetisPipeline(load_components(model_dir, [variant], cfg, dtype=dtype, device=device))
+    noise = make_noise(args.deterministic, args.seed, device)
+    if args.task == "tts":
+        wav, report, first_s = run_tts(
+            pipeline,
+            tokenizer,
+            settings,
+            noise,
+            voice,
+            prompt_text,
+            text,
+            language=args.language,
+            prompt_language=prompt_language,
+            variant=variant,
+        )
+        detail = f"{report.segments} sentence(s), first audio after {first_s:.2f} s"
+    else:
+        wav, report = run_l2s(pipeline, settings, noise, voice, features, variant=variant)
+        detail = f"from {report.input_s:.2f} s of video features"
+    write_audio(output, wav, OUTPUT_SAMPLE_RATE)
+    print(
+        f"{output}: {report.output_s:.2f} s at 24 kHz ({detail}; {report.compute_s:.1f} s, "
+        f"real-time factor {report.compute_s / max(report.output_s, 1e-9):.2f} of the audio produced)"
     )
     return 0
 
@@ -270,10 +385,11 @@ def cmd_process_stream(args) -> int:
         if args.reference is None:
             raise ConfigError(f"task {args.task!r} needs --reference: a recording of the target speaker")
         ref = load_for_model(args.reference, rates=(16000, CODEC_RATE), min_seconds=1.0)
-    check_model_dir(model_dir, [args.task], cfg)
-    processor = MetisWindowProcessor(load_components(model_dir, [args.task], cfg, dtype=dtype, device=device))
+    variant = stage1_variant(args.task, args.stage1)
+    check_model_dir(model_dir, [variant], cfg)
+    processor = MetisWindowProcessor(load_components(model_dir, [variant], cfg, dtype=dtype, device=device))
     reference = processor.prepare_reference(ref[16000], ref[CODEC_RATE]) if ref is not None else None
-    spec = SessionSpec(args.task, rate, CODEC_RATE, settings, args.deterministic, args.seed)
+    spec = SessionSpec(args.task, rate, CODEC_RATE, settings, args.deterministic, args.seed, args.stage1)
     session = StreamSession(1, spec, geometry, stream_cfg.engine, processor.num_quantizers, reference)
     engine = Engine(processor, stream_cfg.engine)
     engine.add(session)

@@ -24,8 +24,25 @@ from metis_rt.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 OFFICIAL_MODEL_CONFIG = CONFIG_DIR / "metis.yaml"
 
-TASKS = ("se", "tse", "vc")
+TASKS = ("se", "tse", "vc")  # streaming tasks: audio in, audio out
+GENERATIVE_TASKS = ("tts", "l2s")  # whole-request tasks: text / visual features + a voice prompt -> speech
+ALL_TASKS = TASKS + GENERATIVE_TASKS
+STAGE1_FAMILIES = ("task", "omni")  # each task's own stage-1 checkpoint, or the one Metis-Omni checkpoint
+OMNI_TASKS = ("se", "tse", "vc", "tts")  # what Metis-Omni serves (not L2S)
 ADAPTER_KINDS = ("none", "gated", "mlp")
+
+
+def stage1_variant(task: str, family: str = "task") -> str:
+    """The stage-1 model that runs ``task``: its own (``"task"``) or Metis-Omni (``"omni"``)."""
+    if task not in ALL_TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(ALL_TASKS)}")
+    if family == "task":
+        return task
+    if family == "omni":
+        if task not in OMNI_TASKS:
+            raise ConfigError(f"Metis-Omni does not do {task!r}; it serves {', '.join(OMNI_TASKS)}")
+        return "omni"
+    raise ConfigError(f"unknown stage-1 family {family!r}; expected one of {', '.join(STAGE1_FAMILIES)}")
 
 
 # ----------------------------------------------------------------------------- model architecture

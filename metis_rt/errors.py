@@ -27,3 +27,11 @@ class MissingWeightsError(MetisError):
 
 class AudioInputError(MetisError):
     """An audio input is unusable (format, length, silence, clipping, NaN...)."""
+
+
+class TextInputError(MetisError, ValueError):
+    """A text input is unusable (empty, too long, unsupported language, nothing pronounceable...)."""
+
+
+class TextFrontendError(MetisError, RuntimeError):
+    """The text frontend cannot run here (espeak-ng or phonemizer missing, unknown espeak voice)."""

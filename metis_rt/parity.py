@@ -25,6 +25,9 @@ from metis_rt.models.ssl import ExtractorOutput
 from metis_rt.models.stage1 import Stage1Inputs
 from metis_rt.pipeline.components import MetisComponents, load_components, resolve_config
 from metis_rt.pipeline.offline import MetisPipeline
+from metis_rt.pipeline.tts import TtsSynthesizer
+from metis_rt.pipeline.visual import UPSAMPLE, l2s_condition
+from metis_rt.text.tokenizer import PhoneTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class VectorDir:
         self.cfg, _ = resolve_config(self.root, self.task)
         self._files: dict[str, dict[str, torch.Tensor]] = {}
         self._comps: MetisComponents | None = None
+        self._tokenizer: PhoneTokenizer | None = None
 
     def tensor(self, ref: dict[str, Any]) -> torch.Tensor:
         if ref["file"] not in self._files:
@@ -73,6 +77,13 @@ class VectorDir:
             variants = ["base", self.task] if self.task in ("se", "tse", "vc") else [TASK_VARIANT[self.task]]
             self._comps = load_components(self.root, variants, self.cfg, dtype=PARITY_DTYPE)
         return self._comps
+
+    @property
+    def tokenizer(self) -> PhoneTokenizer:
+        """The phone tokenizer with this directory's ``g2p/vocab.json`` (else our packaged copy)."""
+        if self._tokenizer is None:
+            self._tokenizer = PhoneTokenizer.load(self.root)
+        return self._tokenizer
 
     @property
     def task_variant(self) -> str:
@@ -172,12 +183,9 @@ def _s2a_decode(vd: VectorDir, inp, params) -> dict[str, torch.Tensor]:
     return {"ids": ids}
 
 
-def _pipeline(vd: VectorDir, inp, params) -> dict[str, torch.Tensor]:
-    task = params.get("task", params.get("mode"))
-    if task not in ("se", "tse", "vc"):
-        raise Unsupported(f"pipeline task {task!r} (comes with the TTS/L2S work)")
+def _settings(params) -> TaskDecoding:
     s1, s2f, s21 = params["stage1"], params["s2a_full"], params["s2a_1layer"]
-    settings = TaskDecoding(
+    return TaskDecoding(
         Stage1Decoding(s1["n_timesteps"], s1["cfg"], s1["rescale_cfg"], s1["temp"], s1["filter_thres"]),
         S2ADecoding(
             tuple(s21["n_timesteps"]),
@@ -189,21 +197,75 @@ def _pipeline(vd: VectorDir, inp, params) -> dict[str, torch.Tensor]:
             s2f["filter_thres"],
         ),
     )
-    result = MetisPipeline(vd.comps).run(
-        task,
-        inp["source_16k"],
-        settings,
-        ZeroNoise(),
-        reference_16k=inp.get("reference_16k"),
-        reference_24k=inp.get("reference_24k"),
-        variant=vd.task_variant,
-    )
+
+
+def _pipeline(vd: VectorDir, inp, params) -> dict[str, torch.Tensor]:
+    task = params.get("task", params.get("mode"))
+    settings, pipeline = _settings(params), MetisPipeline(vd.comps)
+    if task in ("se", "tse", "vc"):
+        result = pipeline.run(
+            task,
+            inp["source_16k"],
+            settings,
+            ZeroNoise(),
+            reference_16k=inp.get("reference_16k"),
+            reference_24k=inp.get("reference_24k"),
+            variant=vd.task_variant,
+        )
+    elif task == "tts":
+        tts = TtsSynthesizer(pipeline, vd.tokenizer, settings, vd.task_variant)
+        voice = tts.voice(inp["prompt_16k"], inp["prompt_24k"], params["prompt_text"], params["prompt_language"])
+        result = tts.utterance(voice, params["text"], ZeroNoise(), params["target_language"])
+    elif task == "l2s":
+        prompt = pipeline.voice_prompt(inp["prompt_16k"], inp["prompt_24k"])
+        result = pipeline.l2s(prompt, inp["video_features"], settings, ZeroNoise(), vd.task_variant)
+    else:
+        raise Unsupported(f"pipeline task {task!r}")
     return {
         "wav": result.wav,
         "semantic_ids": result.semantic_ids,
         "acoustic_ids": result.acoustic_ids,
         **result.intermediates,
     }
+
+
+def _l2s_features(vd: VectorDir, inp, params) -> dict[str, torch.Tensor]:
+    if params.get("scale_factor", UPSAMPLE) != UPSAMPLE or params.get("mode", "linear") != "linear":
+        raise Unsupported(f"visual upsampling {params.get('scale_factor')}x {params.get('mode')}")
+    return {"cond": l2s_condition(inp["video_features"], params["prompt_len"])}
+
+
+def _tts_tokenizer(vd: VectorDir, inp, params) -> dict[str, torch.Tensor]:
+    tokens = vd.tokenizer.phone_ids(
+        params["text"], params["prompt_text"], params["target_language"], params["prompt_language"]
+    )
+    return {
+        "phone_ids": tokens.phone_ids,
+        "prompt_phone_ids": tokens.prompt_phone_ids,
+        "target_phone_ids": tokens.target_phone_ids,
+    }
+
+
+def _g2p_check(vd: VectorDir, check: dict[str, Any]) -> CheckResult:
+    """The g2p check holds a list of cases: the phone string and the ids must both match exactly."""
+    result = CheckResult(check["name"], "ok")
+    for case in check["cases"]:
+        try:
+            phones, ids = vd.tokenizer.g2p(case["text"], case["language"])
+        except Exception as exc:  # one bad case is that case's failure
+            result.status = "FAIL"
+            result.details.append(f"{case['text']!r}: {type(exc).__name__}: {exc}")
+            continue
+        if phones != case["phones"]:
+            result.status = "FAIL"
+            result.details.append(f"{case['text']!r}: phones {phones!r} != {case['phones']!r}")
+        ok, _, note = compare(torch.tensor([ids], dtype=torch.long), vd.tensor(case["ids"]), {"kind": "exact"})
+        if not ok:
+            result.status = "FAIL"
+            result.details.append(f"{case['text']!r}: ids {note}")
+    if result.status == "ok":
+        result.details.append(f"{len(check['cases'])} cases exact")
+    return result
 
 
 Runner = Callable[..., dict[str, torch.Tensor]]
@@ -216,13 +278,10 @@ RUNNERS: dict[str, Runner] = {
     "s2a_forward": _s2a_forward,
     "s2a_decode": _s2a_decode,
     "pipeline": _pipeline,
+    "l2s_features": _l2s_features,
+    "tts_tokenizer": _tts_tokenizer,
 }
 NAMED_RUNNERS: dict[str, Runner] = {"stage1_forward": _stage1_forward, "stage1_decode": _stage1_decode}
-NOT_YET = {
-    "g2p": "text frontend (g2p) not implemented yet",
-    "tts_tokenizer": "text frontend (g2p) not implemented yet",
-    "l2s_features": "L2S visual feature path not implemented yet",
-}
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -251,9 +310,9 @@ def compare(actual: torch.Tensor, expected: torch.Tensor, tol: dict[str, Any]) -
 
 def run_check(vd: VectorDir, check: dict[str, Any]) -> CheckResult:
     name, component = check["name"], check["component"]
-    if component in NOT_YET:
-        return CheckResult(name, "unsupported", details=[NOT_YET[component]])
     try:
+        if component == "g2p":
+            return _g2p_check(vd, check)
         inputs = {k: vd.tensor(ref) for k, ref in check["inputs"].items()}
         with torch.inference_mode():
             if component in NAMED_RUNNERS:

@@ -69,8 +69,10 @@ def write_stage1_task_files(model, root: Path, variant: str, cfg, drop=frozenset
 
 # ----------------------------------------------------------------------------- a tiny model dir with every task
 def make_combined_model_dir(root: Path) -> Path:
-    """The shared components and SE model of parity/se, TSE's LoRA pair from parity/tse (same r=4, alpha=8), and
-    a random VC LoRA pair with the same rank: one model directory serving se, tse and vc (the official layout)."""
+    """The shared components and SE model of parity/se, TSE's LoRA pair from parity/tse (same r=4, alpha=8), a
+    random VC LoRA pair with the same rank, the T2S (TTS) and Omni checkpoints of parity/tts and parity/omni (same
+    stage-1 sizes), and a random L2S checkpoint whose visual width is this config's cond_dim: one model directory
+    serving se, tse, vc, tts, l2s and omni (the official layout)."""
     import torch
     from safetensors.torch import save_file
 
@@ -83,13 +85,16 @@ def make_combined_model_dir(root: Path) -> Path:
         if item.name != "cases":
             (root / item.name).symlink_to(item)
     (root / "metis_tse").symlink_to(PARITY_DIR / "tse" / "metis_tse")
-    cfg, _ = resolve_config(root, "vc")
+    (root / "t2s_model").symlink_to(PARITY_DIR / "tts" / "t2s_model")
+    (root / "metis_omni").symlink_to(PARITY_DIR / "omni" / "metis_omni")
     generator = torch.Generator().manual_seed(0)
-    for name, layout in expected_file_layouts("vc", cfg).items():
-        if name.startswith("metis_vc/"):
-            tensors = {k: 0.05 * torch.randn(shape, generator=generator) for k, shape in layout.items()}
-            (root / name).parent.mkdir(exist_ok=True)
-            save_file(tensors, str(root / name))
+    for variant, folder in (("vc", "metis_vc/"), ("l2s", "metis_l2s/")):
+        cfg, _ = resolve_config(root, variant)
+        for name, layout in expected_file_layouts(variant, cfg).items():
+            if name.startswith(folder):
+                tensors = {k: 0.05 * torch.randn(shape, generator=generator) for k, shape in layout.items()}
+                (root / name).parent.mkdir(exist_ok=True)
+                save_file(tensors, str(root / name))
     return root
 
 

@@ -32,14 +32,16 @@ def test_parity_passes_on_se_tse_vc(parity_dir):
     assert lines[-1] == "55 ok, 0 failed, 0 unsupported"
 
 
-def test_parity_reports_later_components_as_unsupported_without_crashing(parity_dir, capsys):
+def test_parity_passes_every_tts_omni_and_l2s_check(parity_dir, capsys):
     dirs = [str(parity_dir / d) for d in ("tts", "omni", "l2s")]
-    assert main(["parity", *dirs]) == 0
+    assert main(["parity", "--strict", *dirs]) == 0
     out = capsys.readouterr().out
-    assert "FAIL" not in out
-    assert "g2p_en unsupported" in out and "pipeline_l2s unsupported" in out
-    assert "pipeline_se ok" in out  # Omni's SE mode runs through the same pipeline
-    assert main(["parity", "--strict", dirs[0]]) == 1
+    lines = out.strip().splitlines()
+    checks = [ln for ln in lines if not ln.startswith("==") and " ok, " not in ln]
+    assert len(checks) == 6 + 8 + 5
+    assert all(" ok max_abs_err=" in ln for ln in checks), [ln for ln in checks if " ok " not in ln]
+    assert "g2p_en ok max_abs_err=0.000e+00  [30 cases exact]" in lines
+    assert lines[-1] == "19 ok, 0 failed, 0 unsupported"
 
 
 def test_parity_rejects_a_directory_without_manifest(tmp_path, capsys):

@@ -42,7 +42,7 @@ from huggingface_hub.errors import (
 )
 from tqdm.auto import tqdm
 
-from metis_rt.config import TASKS, ModelConfig
+from metis_rt.config import ALL_TASKS, ModelConfig, stage1_variant
 from metis_rt.errors import ConfigError, MetisError, MissingWeightsError
 from metis_rt.models.stage1_loading import FULL_VARIANT_FILES, stage1_files
 
@@ -58,6 +58,7 @@ W2V_BERT_DIR = "w2v-bert-2.0"
 W2V_BERT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 EVERY_TASK = "*"  # in WeightFile.tasks: a file every task needs
+DOWNLOAD_TARGETS = (*ALL_TASKS, "omni")  # WeightFile.tasks names stage-1 variants: a task's own, or omni
 LORA_TASKS = ("se", "tse", "vc")  # tasks = metis_base + a LoRA pair (future full fine-tunes are not)
 
 STATS_FILE = "wav2vec2bert_stats.pt"
@@ -143,10 +144,9 @@ def weight_table(cfg: ModelConfig | None = None) -> tuple[WeightFile, ...]:
         _same_path(MASKGCT_REPO, "s2a_model/s2a_model_full/model.safetensors"),
         _same_path(METIS_REPO, FULL_VARIANT_FILES["base"], LORA_TASKS),
         *(f for task in LORA_TASKS for f in _lora_pair(task, cfg)),
-        # later tasks, one line each once their task names exist in config.TASKS:
-        # _same_path(METIS_REPO, "metis_l2s/metis_l2s.safetensors", ("l2s",)),
-        # _same_path(METIS_REPO, "metis_omni/metis_omni.safetensors", ("omni",)),
-        # _same_path(MASKGCT_REPO, "t2s_model/model.safetensors", ("tts",)),
+        _same_path(MASKGCT_REPO, FULL_VARIANT_FILES["tts"], ("tts",)),  # MaskGCT T2S = Metis-TTS (2.99 GB)
+        _same_path(METIS_REPO, FULL_VARIANT_FILES["omni"], ("omni",)),  # 3.05 GB
+        _same_path(METIS_REPO, FULL_VARIANT_FILES["l2s"], ("l2s",)),  # 2.96 GB; the visual encoder is unreleased
     )
 
 
@@ -160,11 +160,18 @@ def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
     if not tasks:
-        raise ConfigError(f"no task given; expected one or more of {', '.join(TASKS)}")
-    unknown = [t for t in tasks if t not in TASKS]
+        raise ConfigError(f"no task given; expected one or more of {', '.join(DOWNLOAD_TARGETS)}")
+    unknown = [t for t in tasks if t not in DOWNLOAD_TARGETS]
     if unknown:
-        raise ConfigError(f"unknown task(s) {unknown}; known tasks: {', '.join(TASKS)}")
+        raise ConfigError(
+            f"unknown task(s) {unknown}; known: {', '.join(DOWNLOAD_TARGETS)} (omni = the Metis-Omni checkpoint)"
+        )
     return tuple(dict.fromkeys(tasks))
+
+
+def stage1_targets(tasks: Sequence[str], family: str = "task") -> list[str]:
+    """What a model directory must hold to run ``tasks`` with the ``family`` stage-1 models (e.g. ["omni"])."""
+    return list(dict.fromkeys(stage1_variant(t, family) for t in tasks))
 
 
 def required_files(tasks: Sequence[str], cfg: ModelConfig | None = None) -> list[WeightFile]:

@@ -107,8 +107,11 @@ def process(
     *,
     max_segment_s: float = DEFAULT_MAX_SEGMENT_S,
     progress: bool = True,
+    variant: str | None = None,
 ) -> tuple[np.ndarray, ProcessReport]:
-    """Run ``task`` over the source in pause-aligned segments; returns (24 kHz mono [N], report)."""
+    """Run ``task`` over the source in pause-aligned segments; returns (24 kHz mono [N], report).
+
+    ``variant``: the stage-1 model (default: the task's own; ``"omni"`` for Metis-Omni)."""
     src = inputs.source_16k
     segments = plan_segments(src, SSL_RATE, max_segment_s)
     started = time.perf_counter()
@@ -116,7 +119,8 @@ def process(
     bar = tqdm(segments, desc=task, unit="segment", disable=not progress or len(segments) < 2)
     with torch.inference_mode():
         for start, end in bar:
-            result = pipeline.run(task, torch.from_numpy(src[start:end]), settings, noise, **inputs.references)
+            segment = torch.from_numpy(src[start:end])
+            result = pipeline.run(task, segment, settings, noise, variant=variant, **inputs.references)
             pieces.append(result.wav.float().cpu().numpy())
     out = np.concatenate(pieces)
     elapsed = time.perf_counter() - started

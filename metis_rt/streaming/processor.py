@@ -135,7 +135,7 @@ class MetisWindowProcessor:
 
     def _stage1(self, jobs: Sequence[WindowJob], features: list[torch.Tensor]) -> list[torch.Tensor]:
         out = [None] * len(jobs)
-        for idx in groups(jobs, lambda j: (j.task, j.target, j.settings.stage1)):
+        for idx in groups(jobs, lambda j: (j.task, j.stage1_model, j.target, j.settings.stage1)):
             prompts, conds = [], []
             for i in idx:
                 job, prompt, cond = jobs[i], self._long(jobs[i].left_semantic), features[i]
@@ -147,7 +147,7 @@ class MetisWindowProcessor:
             prompt_ids, mask = left_pad(prompts)
             cond, _ = left_pad(conds, 0.0)
             first = jobs[idx[0]]
-            ids = self.comps.stage1[first.task].generate(
+            ids = self.comps.stage1[first.stage1_model].generate(
                 Stage1Inputs(prompt_ids, cond, prompt_mask=mask),
                 first.target,
                 first.settings.stage1,

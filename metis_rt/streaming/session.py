@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metis_rt.audio.stream_resampler import StreamResampler
-from metis_rt.config import TaskDecoding
+from metis_rt.config import TaskDecoding, stage1_variant
 from metis_rt.models.decoding import GumbelNoise, NoiseSource, ZeroNoise
 from metis_rt.streaming.buffers import AudioTimeline, TokenTimeline
 from metis_rt.streaming.config import EngineConfig
@@ -53,6 +53,12 @@ class SessionSpec:
     settings: TaskDecoding
     deterministic: bool = False
     seed: int | None = None
+    stage1: str = "task"  # "task" (the task's own stage-1 model) or "omni" (Metis-Omni serves every task)
+
+    @property
+    def variant(self) -> str:
+        """The stage-1 model that runs this stream."""
+        return stage1_variant(self.task, self.stage1)
 
 
 class SessionClosed(RuntimeError):
@@ -232,6 +238,7 @@ class StreamSession:
                 session_id=self.id,
                 hop=hop,
                 task=self.spec.task,
+                variant=self.spec.variant,
                 target=g.chunk + g.lookahead,
                 audio_16k=self.audio16.read(*g.ssl_window_samples(hop)),
                 dry_24k=self.dry24.read((chunk_start - dec_left) * CODEC_FRAME_SAMPLES, end * CODEC_FRAME_SAMPLES),

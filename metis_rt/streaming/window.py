@@ -54,6 +54,11 @@ class WindowJob:
     settings: TaskDecoding
     noise: NoiseSource
     generation: int = 0  # the session's stream generation when the job was taken (see StreamSession.restart)
+    variant: str | None = None  # the stage-1 model (None: the task's own; "omni": Metis-Omni)
+
+    @property
+    def stage1_model(self) -> str:
+        return self.variant or self.task
 
     @property
     def left(self) -> int:
