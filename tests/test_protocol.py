@@ -32,7 +32,7 @@ def test_valid_start_with_defaults():
     ("fields", "code"),
     [
         ({"protocol": 2}, "unsupported_protocol"),
-        ({"task": "tts"}, "invalid_task"),
+        ({"task": "l2s"}, "invalid_task"),
         ({"sample_rate": 96000}, "invalid_sample_rate"),
         ({"sample_rate": 16000.5}, "invalid_sample_rate"),
         ({"output_sample_rate": 4000}, "invalid_sample_rate"),
@@ -62,7 +62,7 @@ def test_invalid_start_fields(fields, code):
         ('{"type": 3}', "invalid_message"),
         ('{"type": "dance"}', "unknown_type"),
         ('{"type": "session.update", "options": {"mix": -1}}', "invalid_options"),
-        ('{"type": "session.update", "task": "tts"}', "invalid_task"),
+        ('{"type": "session.update", "task": "l2s"}', "invalid_task"),
         ('{"type": "session.update", "task": 1}', "invalid_task"),
         ('{"type": "session.update", "voice": 7}', "invalid_voice"),
         ('{"type": "session.update", "mix": 0.5}', "invalid_message"),

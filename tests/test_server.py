@@ -237,7 +237,7 @@ def test_invalid_json_unknown_type_and_bad_start_keep_the_connection(server, spe
             ("{not json", "invalid_json"),
             ('{"type": "dance"}', "unknown_type"),
             (start_msg(rate=4000), "invalid_sample_rate"),
-            (start_msg(task="tts"), "invalid_task"),
+            (start_msg(task="l2s"), "invalid_task"),
             (start_msg(task="tse"), "reference_required"),
             (start_msg(fmt="mp3"), "invalid_format"),
             (start_msg(voice="nobody", task="vc"), "unknown_voice"),

@@ -2,7 +2,11 @@
 
 ``python run_server.py`` / ``metis-rt serve``. With ``mqtt`` configured, sessions can also be steered and watched
 over MQTT (``metis_rt.server.mqtt``; the broker is optional at any moment). Shutdown (SIGINT/SIGTERM): stop
-accepting, flush every session and close it (1001), clear the sessions' MQTT state, stop the engine, exit 0.
+accepting, flush every streaming session (a TTS session drops its queue and finishes its current sentence) and
+close it (1001), clear the sessions' MQTT state, stop the engine, exit 0.
+
+``stage1`` names the stage-1 families loaded (``task``: each task's own checkpoint, ``omni``: Metis-Omni); a session
+picks one (default: the first). With ``tts`` among the tasks the server also speaks text (``tts_service``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
-from metis_rt.config import OfficialConfig
+from metis_rt.config import STAGE1_FAMILIES, OfficialConfig, stage1_variant
+from metis_rt.errors import ConfigError
 from metis_rt.server import http
 from metis_rt.server import protocol as proto
 from metis_rt.server.config import ServerConfig, mqtt_settings
@@ -35,6 +40,8 @@ from metis_rt.streaming.window import ReferenceTokens
 
 if TYPE_CHECKING:
     from metis_rt.server.mqtt import ServerMqtt
+    from metis_rt.server.tts_service import TtsService
+    from metis_rt.text.tokenizer import PhoneTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,8 @@ class MetisServer:
         cfg: ServerConfig,
         *,
         tasks: Iterable[str],
+        stage1: Iterable[str] = ("task",),
+        tokenizer: PhoneTokenizer | None = None,
         tokens: Iterable[str] = (),
         deterministic: bool = False,
         mqtt_password: str | None = None,
@@ -60,11 +69,15 @@ class MetisServer:
         self.stream_cfg = stream_cfg
         self.cfg = cfg
         self.tasks = tuple(tasks)
+        self.stage1 = tuple(stage1)  # loaded stage-1 families; the first is the sessions' default
+        if not self.stage1 or set(self.stage1) - set(STAGE1_FAMILIES):
+            raise ConfigError(f"stage1 must name some of {', '.join(STAGE1_FAMILIES)}, got {list(self.stage1)}")
         self.tokens = frozenset(tokens)
         self.deterministic = deterministic
         self.geometry = Geometry.from_config(stream_cfg.geometry)
         self.engine = Engine(processor, stream_cfg.engine)
         self.voices = VoiceLibrary(cfg.voices_dir)
+        self.tts_service = self._tts_service(tokenizer) if "tts" in self.tasks else None
         self.mqtt_settings = mqtt_settings(cfg, mqtt_password)  # ConfigError now, not when a client is waiting
         self.connections: set[Connection] = set()
         self.sessions: dict[str, Connection] = {}  # open sessions by id (MQTT commands address them)
@@ -76,10 +89,36 @@ class MetisServer:
         self.ready = False
         self.sessions_served = 0
 
+    def _tts_service(self, tokenizer: PhoneTokenizer | None) -> TtsService:
+        from metis_rt.server.tts_service import TtsService
+
+        pipeline = getattr(self.processor, "pipeline", None)
+        if tokenizer is None or pipeline is None:
+            raise ConfigError("serving tts needs the Metis models (a MetisWindowProcessor) and a PhoneTokenizer")
+        submit = self.engine.submit
+        return TtsService(
+            pipeline, tokenizer, self.official, self.cfg, self.voices, submit, deterministic=self.deterministic
+        )
+
     # --- sessions -------------------------------------------------------------------------------
     def check_task(self, task: str) -> None:
         if task not in self.tasks:
             raise proto.ProtocolError("task_unavailable", f"this server runs {', '.join(self.tasks)}; not {task!r}")
+
+    def check_stage1(self, family: str | None, task: str) -> str:
+        """The stage-1 family a session of ``task`` runs on (None: the server's default); ProtocolError if none."""
+        family = family or self.stage1[0]
+        if family not in self.stage1:
+            raise proto.ProtocolError(
+                "stage1_unavailable",
+                f"this server loaded the stage-1 model family {', '.join(self.stage1)}; not {family!r} "
+                "(start the server with --stage1 task,omni to offer both)",
+            )
+        try:
+            stage1_variant(task, family)
+        except ConfigError as exc:
+            raise proto.ProtocolError("stage1_unavailable", str(exc)) from None
+        return family
 
     def acquire(self, conn: Connection) -> bool:
         with self._lock:
@@ -128,11 +167,13 @@ class MetisServer:
             "status": "ok" if self.ready else "starting",
             "ready": self.ready,
             "tasks": list(self.tasks),
+            "stage1": list(self.stage1),
             "sessions": len(self.connections),
             "max_sessions": self.cfg.max_sessions,
             "algorithmic_latency_ms": self.geometry.latency_ms,
             "chunk_ms": self.geometry.chunk_ms,
             "voices": self.voices.names(),
+            "tts_voices": self.voices.with_transcript() if self.tts_service is not None else [],
             "protocol": proto.PROTOCOL_VERSION,
             "mqtt": None if mqtt is None else {"node": mqtt.control.topics.node, "connected": mqtt.connected},
         }
@@ -231,7 +272,13 @@ class MetisServer:
     async def _close_all(self) -> None:
         async def close(conn: Connection) -> None:
             try:
-                if conn.session is not None and not conn.session.done:
+                if conn.tts is not None:
+                    conn.tts.cancel()
+                    conn.tts.end()
+                    async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+                        await conn.tts.ended.wait()
+                        await conn.out.drained()
+                elif conn.session is not None and not conn.session.done:
                     conn.session.finish()
                     async with asyncio.timeout(SHUTDOWN_FLUSH_S):
                         await conn.flushed.wait()
@@ -243,24 +290,32 @@ class MetisServer:
         await asyncio.gather(*(close(c) for c in list(self.connections)), return_exceptions=True)
 
     def warm_up(self) -> None:
-        """One hop per task through the engine, so the first client does not pay for lazy initialisation."""
+        """One hop per streaming task and stage-1 family through the engine, and one short TTS utterance per
+        family, so the first client does not pay for lazy initialisation."""
+        for family in self.stage1:
+            for task in self.tasks:
+                if task != "tts":
+                    self._warm_up_stream(task, family)
+        if self.tts_service is not None:
+            self.tts_service.warm_up(self.stage1)
+        log.info("warm-up done for %s (stage-1: %s)", ", ".join(self.tasks), ", ".join(self.stage1))
+
+    def _warm_up_stream(self, task: str, family: str) -> None:
         rate = 16000
-        for task in self.tasks:
-            reference = None
-            if task in ("tse", "vc"):
-                silence16 = np.zeros(int(WARMUP_REFERENCE_S * rate) + 240, dtype=np.float32)
-                reference = self.prepare_reference(silence16, np.zeros(24000, dtype=np.float32))
-            settings = stream_decoding(self.official, task, self.stream_cfg.steps_for(task))
-            session = StreamSession(
-                -1,
-                SessionSpec(task, rate, rate, settings, deterministic=True),
-                self.geometry,
-                self.stream_cfg.engine,
-                self.processor.num_quantizers,
-                reference,
-            )
-            self.engine.add(session)
-            session.push(np.zeros(self.geometry.ssl_samples_needed(0), dtype=np.float32))
-            self.engine.wait_idle()
-            self.engine.remove(session.id)
-        log.info("warm-up done for %s", ", ".join(self.tasks))
+        reference = None
+        if task in ("tse", "vc"):
+            silence16 = np.zeros(int(WARMUP_REFERENCE_S * rate) + 240, dtype=np.float32)
+            reference = self.prepare_reference(silence16, np.zeros(24000, dtype=np.float32))
+        settings = stream_decoding(self.official, task, self.stream_cfg.steps_for(task))
+        session = StreamSession(
+            -1,
+            SessionSpec(task, rate, rate, settings, deterministic=True, stage1=family),
+            self.geometry,
+            self.stream_cfg.engine,
+            self.processor.num_quantizers,
+            reference,
+        )
+        self.engine.add(session)
+        session.push(np.zeros(self.geometry.ssl_samples_needed(0), dtype=np.float32))
+        self.engine.wait_idle()
+        self.engine.remove(session.id)

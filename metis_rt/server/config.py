@@ -37,6 +37,9 @@ class ServerConfig:
     mqtt_ca_file: str | None = None  # PEM bundle to trust for mqtts:// (default: the system store)
     mqtt_insecure: bool = False  # mqtts:// without certificate checks (testing only)
     mqtt_reconnect_max_s: float = 30.0  # reconnect backoff doubles from 0.5 s up to this
+    tts_max_pending: int = 4  # tts.speak requests queued behind the one being spoken; beyond: rejected (error)
+    tts_stage1_steps: int | None = None  # TTS decoding steps (None: configs/metis.yaml's, the official 25)
+    tts_s2a_steps: tuple[int, ...] | None = None  # per S2A layer, 12 values (None: the official [40, 16, 1, ...])
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ here: audio is pushed into the session (resampling only) and references are prep
 Settings change through :meth:`Connection.apply_update`, whether the ``session.update`` came from the client or
 from MQTT: it validates everything first (nothing changes on an error), applies, answers ``session.updated`` and
 has the server publish the new state. A task switch restarts the stream (output pauses about one latency).
+
+A ``task: tts`` session has no StreamSession: its messages go to ``metis_rt.server.tts_connection`` and a TTS worker
+(``tts_session.TtsSession``) takes the stats ticker's place in the TaskGroup. Switching between tts and the
+streaming tasks is refused (``task_switch_unsupported``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from metis_rt.config import TaskDecoding
 from metis_rt.errors import AudioInputError, ConfigError
 from metis_rt.server import protocol as proto
+from metis_rt.server import tts_connection
 from metis_rt.server.outbox import Outbox
 from metis_rt.server.voices import decode_reference
 from metis_rt.streaming.config import StepsConfig, stream_decoding
@@ -32,6 +38,7 @@ from metis_rt.streaming.window import ReferenceTokens
 
 if TYPE_CHECKING:
     from metis_rt.server.app import MetisServer
+    from metis_rt.server.tts_session import TtsSession
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +52,10 @@ class Connection:
     def __init__(self, server: MetisServer, ws):
         self.server = server
         self.ws = ws
-        self.session: StreamSession | None = None
+        self.session: StreamSession | None = None  # a streaming session (se, tse, vc)
+        self.tts: TtsSession | None = None  # a TTS session
         self.start: proto.SessionStart | None = None
+        self.stage1 = "task"  # the stage-1 family running the session
         self.out = Outbox(OUTPUT_QUEUE_ITEMS)
         self.flushed = asyncio.Event()
         self.reply_flushed = True
@@ -69,11 +78,14 @@ class Connection:
             return
         try:
             async with asyncio.TaskGroup() as tg:
-                sender = tg.create_task(self._send_loop(), name="sender")
-                stats = tg.create_task(self._stats_loop(), name="stats")
+                background = [tg.create_task(self._send_loop(), name="sender")]
+                if self.tts is not None:
+                    background.append(tg.create_task(self.tts.run(), name="tts"))
+                else:
+                    background.append(tg.create_task(self._stats_loop(), name="stats"))
                 await self._receive_loop()
-                sender.cancel()
-                stats.cancel()
+                for task in background:
+                    task.cancel()
         finally:
             self.server.release(self)
 
@@ -92,12 +104,16 @@ class Connection:
                 if not isinstance(start, proto.SessionStart):
                     raise proto.ProtocolError("not_started", f"{start.type} before session.start")
                 self.server.check_task(start.task)
+                family = self.server.check_stage1(start.stage1, start.task)
                 if not self.server.acquire(self):
                     await self._event(proto.Busy(self.server.cfg.busy_retry_after_s))
                     await self.ws.close(CLOSE_TRY_LATER, "server busy")
                     return None
                 try:
-                    await self._open(start)
+                    if start.task == "tts":
+                        await tts_connection.open_tts(self, start, family)
+                    else:
+                        await self._open(start, family)
                 except BaseException:
                     self.server.release(self)
                     raise
@@ -107,7 +123,7 @@ class Connection:
             except AudioInputError as exc:
                 await self._event(proto.ErrorEvent("invalid_reference", str(exc)))
 
-    async def _open(self, start: proto.SessionStart) -> None:
+    async def _open(self, start: proto.SessionStart, family: str) -> None:
         reference = await self._reference(start.voice, start.reference)
         options = {"stage1_steps": start.options.stage1_steps, "s2a_steps": start.options.s2a_steps}
         steps = self._merge_steps(self.server.stream_cfg.steps_for(start.task), options)
@@ -117,6 +133,7 @@ class Connection:
             start.output_sample_rate,
             self._decoding(start.task, steps),
             self.server.deterministic,
+            stage1=family,
         )
         sid = self.server.new_session_id()
         session = StreamSession(
@@ -131,7 +148,7 @@ class Connection:
         )
         self.mix, self.bypass = start.options.mix, start.options.bypass
         session.set_mix(self.mix, self.bypass)
-        self.session, self.start, self.session_id = session, start, sid
+        self.session, self.start, self.session_id, self.stage1 = session, start, sid, family
         self.steps, self.reference, self.voice = steps, reference, start.voice if reference is not None else None
         self.server.engine.add(session)
         await self._event(
@@ -142,34 +159,48 @@ class Connection:
                 start.format,
                 round(session.latency_ms, 2),
                 self.server.geometry.chunk_ms,
+                family,
             )
         )
         self.server.session_opened(self)
 
     # --- receiving ------------------------------------------------------------------------------
     async def _recv(self):
-        try:
-            async with asyncio.timeout(self.server.cfg.idle_timeout_s):
-                return await self.ws.recv()
-        except TimeoutError:
-            await self.ws.close(CLOSE_NORMAL, "idle timeout")
-            return None
-        except ConnectionClosed:
-            return None
+        """The next message, or None when the connection ended or idled (a TTS session speaking is not idle)."""
+        while True:
+            try:
+                async with asyncio.timeout(self.server.cfg.idle_timeout_s):
+                    return await self.ws.recv()  # cancelling recv() loses no message
+            except TimeoutError:
+                if self.tts is not None and self.tts.busy:
+                    continue
+                await self.ws.close(CLOSE_NORMAL, "idle timeout")
+                return None
+            except ConnectionClosed:
+                return None
 
     async def _receive_loop(self) -> None:
         while True:
             message = await self._recv()
             if message is None:
                 return
+            received = time.perf_counter()
             if isinstance(message, bytes):
-                self._audio(message)
+                if self.tts is not None:
+                    self._queue_event(tts_connection.AUDIO_NOT_USED)
+                else:
+                    self._audio(message)
                 continue
             try:
                 control = proto.parse_client_message(message)
                 if isinstance(control, proto.SessionStart):
                     raise proto.ProtocolError("already_started", "the session has started; send session.update")
-                if isinstance(control, proto.SessionUpdate):
+                if self.tts is not None:
+                    if await tts_connection.handle(self, control, received):
+                        return
+                elif isinstance(control, (proto.TtsSpeak, proto.TtsCancel)):
+                    raise proto.ProtocolError("tts_only", f"{control.type} needs a TTS session (task tts)")
+                elif isinstance(control, proto.SessionUpdate):
                     await self.apply_update(control)
                 elif isinstance(control, proto.Flush):
                     await self._flush()
@@ -179,7 +210,7 @@ class Connection:
                     await self.ws.close(CLOSE_NORMAL, "session ended")
                     return
             except proto.ProtocolError as exc:
-                self._queue_event(proto.ErrorEvent(exc.code, exc.message))
+                self._queue_event(exc.event())
             except AudioInputError as exc:
                 self._queue_event(proto.ErrorEvent("invalid_reference", str(exc)))
 
@@ -205,7 +236,10 @@ class Connection:
     async def apply_update(self, update: proto.SessionUpdate) -> None:
         """Apply a ``session.update`` from the client or from MQTT; ProtocolError (nothing changed) if invalid."""
         async with self._updating:
-            await self._update(update)
+            if self.tts is not None:
+                await tts_connection.update(self, update)
+            else:
+                await self._update(update)
 
     async def _update(self, update: proto.SessionUpdate) -> None:
         task, steps, settings, reference = await self._check(update)
@@ -238,6 +272,11 @@ class Connection:
         """Validate an update before anything changes: the task, steps, settings and reference to run with."""
         task = update.task or self.task
         switching = task != self.task
+        if task == "tts":
+            raise tts_connection.task_switch_refused(self.task, task)
+        given = [name for name in ("reference_text", "language") if getattr(update, name) is not None]
+        if given:
+            raise proto.ProtocolError("invalid_message", f"{', '.join(given)}: only for tts sessions, not {self.task}")
         if switching:
             self.server.check_task(task)
         steps = self._merge_steps(self.server.stream_cfg.steps_for(task) if switching else self.steps, update.options)
@@ -253,9 +292,12 @@ class Connection:
 
     def state(self) -> dict:
         """The session's current settings (published retained over MQTT)."""
+        if self.tts is not None:
+            return tts_connection.state(self)
         return {
             "session_id": self.session_id,
             "task": self.task,
+            "stage1": self.stage1,
             "bypass": self.bypass,
             "mix": self.mix,
             "voice": self.voice,
@@ -337,9 +379,12 @@ class Connection:
                     self.flushed.set()
                 elif isinstance(item, np.ndarray):
                     await self.ws.send(proto.encode_pcm(item, self.start.format))
+                elif callable(item):  # a probe of when the items after it go out (TTS time to first audio)
+                    item()
                 else:
                     await self.ws.send(item)
             except ConnectionClosed:
+                self.out.close()  # nothing waits for a dead socket
                 self.flushed.set()
                 return
             finally:

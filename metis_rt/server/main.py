@@ -11,10 +11,34 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metis_rt.config import OFFICIAL_MODEL_CONFIG, TASKS, load_official_config
+from metis_rt.config import OFFICIAL_MODEL_CONFIG, STAGE1_FAMILIES, TASKS, load_official_config
 from metis_rt.errors import ConfigError, MetisError
 
 log = logging.getLogger("metis_rt.server")
+
+SERVE_TASKS = (*TASKS, "tts")  # l2s is offline-only (metis-rt process --task l2s)
+
+
+def plan_models(tasks_arg: str, stage1_arg: str) -> tuple[list[str], list[str], list[str]]:
+    """``--tasks`` and ``--stage1`` -> (tasks, stage-1 families, stage-1 variants to load), checked.
+
+    ``--stage1 omni`` serves every task from the Metis-Omni checkpoint; ``task,omni`` loads both and each session
+    chooses (the first family listed is the default).
+    """
+    from metis_rt.models.hub import stage1_targets
+
+    tasks = list(dict.fromkeys(t.strip() for t in tasks_arg.split(",") if t.strip()))
+    if "l2s" in tasks:
+        raise ConfigError("--tasks: l2s is offline-only; run it with `metis-rt process --task l2s`")
+    if not tasks or set(tasks) - set(SERVE_TASKS):
+        raise ConfigError(f"--tasks must name some of {', '.join(SERVE_TASKS)}, got {tasks_arg!r}")
+    families = list(dict.fromkeys(f.strip() for f in stage1_arg.split(",") if f.strip()))
+    if not families or set(families) - set(STAGE1_FAMILIES):
+        raise ConfigError(
+            f"--stage1 must name some of {', '.join(STAGE1_FAMILIES)} (e.g. task,omni), got {stage1_arg!r}"
+        )
+    variants = list(dict.fromkeys(v for family in families for v in stage1_targets(tasks, family)))
+    return tasks, families, variants
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
     p.add_argument("--model-dir", "--model", dest="model_dir", type=Path, help="model directory")
-    p.add_argument("--tasks", default=",".join(TASKS), help="tasks to serve (default: se,tse,vc)")
+    p.add_argument(
+        "--tasks", default=",".join(TASKS), help=f"tasks to serve: some of {','.join(SERVE_TASKS)} (default: se,tse,vc)"
+    )
+    p.add_argument(
+        "--stage1",
+        default="task",
+        help="stage-1 models to load: task (each task's own), omni (Metis-Omni serves se/tse/vc/tts), or task,omni "
+        "(both; sessions choose, default the first) (default: task)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--max-sessions", type=int)
@@ -90,19 +122,27 @@ def build_server(args):
     import torch
 
     from metis_rt.models.hub import check_model_dir, default_model_dir
-    from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config_for_tasks
+    from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config, resolve_config_for_tasks
     from metis_rt.server.app import MetisServer
     from metis_rt.streaming.config import STREAMING_CONFIG, load_stream_config
     from metis_rt.streaming.processor import MetisWindowProcessor
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if not tasks or set(tasks) - set(TASKS):
-        raise ConfigError(f"--tasks must name some of {', '.join(TASKS)}, got {args.tasks!r}")
+    tasks, families, variants = plan_models(args.tasks, args.stage1)
     server_cfg = server_config(args)  # before the models load: a bad broker URL fails at once
     model_dir = (args.model_dir or default_model_dir()).expanduser()
     official = load_official_config(OFFICIAL_MODEL_CONFIG)
-    cfg, _ = resolve_config_for_tasks(model_dir, tasks, official)
-    check_model_dir(model_dir, tasks, cfg)
+    lora_tasks = [v for v in variants if v in TASKS]  # each a LoRA over metis_base: its rank names its files
+    if lora_tasks:
+        cfg, _ = resolve_config_for_tasks(model_dir, lora_tasks, official)
+    else:
+        cfg, _ = resolve_config(model_dir, variants[0], official)
+    check_model_dir(model_dir, variants, cfg)  # exactly the files of these stage-1 models, before any loading
+    tokenizer = None
+    if "tts" in tasks:
+        from metis_rt.text.tokenizer import PhoneTokenizer
+
+        tokenizer = PhoneTokenizer.load(model_dir)
+        tokenizer.g2p("Hello.", "en")  # espeak-ng missing: say so now, not at the first request
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads must be at least 1")
@@ -110,7 +150,7 @@ def build_server(args):
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device available")
-    comps = load_components(model_dir, tasks, cfg, dtype=parse_dtype(args.dtype), device=device)
+    comps = load_components(model_dir, variants, cfg, dtype=parse_dtype(args.dtype), device=device)
     stream_cfg = load_stream_config(args.stream_config or STREAMING_CONFIG)
     return MetisServer(
         MetisWindowProcessor(comps),
@@ -118,6 +158,8 @@ def build_server(args):
         stream_cfg,
         server_cfg,
         tasks=tasks,
+        stage1=families,
+        tokenizer=tokenizer,
         tokens=read_tokens(args),
         deterministic=args.deterministic,
         mqtt_password=mqtt_password(),

@@ -10,7 +10,12 @@ import numpy as np
 
 class Outbox:
     """Everything the sender writes, in order. Audio items are bounded: beyond ``max_audio`` the oldest audio item
-    is dropped (its length is returned so it can be counted). ``drained()`` waits until all was written."""
+    is dropped (its length is returned so it can be counted). ``drained()`` waits until all was written.
+
+    Other items (events, pre-encoded binary frames, callables the sender calls when it reaches them) are not
+    dropped: their producers bound them (events are rare; a TTS session puts one sentence of frames at a time and
+    waits for ``drained()``). After ``close()`` (the socket is gone) puts are ignored and ``drained()`` returns at
+    once, so no producer waits for a dead connection."""
 
     def __init__(self, max_audio: int):
         self.items: deque = deque()
@@ -20,8 +25,18 @@ class Outbox:
         self.ready = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.closed = False
+
+    def close(self) -> None:
+        """The socket is gone: drop what waits, ignore later puts, release every ``drained()`` waiter."""
+        self.closed = True
+        self.items.clear()
+        self.audio = self.pending = 0
+        self.idle.set()
 
     def put(self, item) -> int:
+        if self.closed:
+            return 0
         dropped = 0
         if isinstance(item, np.ndarray):
             if self.audio >= self.max_audio:
@@ -47,6 +62,8 @@ class Outbox:
         return item
 
     def written(self) -> None:
+        if self.closed:
+            return
         self.pending -= 1
         if self.pending == 0:
             self.idle.set()

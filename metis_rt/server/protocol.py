@@ -2,6 +2,10 @@
 
 Text frames carry JSON messages with a ``type`` discriminator; binary frames carry raw PCM in the negotiated
 format. See docs/protocol.md for the conversation and examples.
+
+Two kinds of session share the endpoint: *streaming* sessions (se, tse, vc: audio in, audio out) and *TTS* sessions
+(task tts: ``tts.speak`` text in, audio out). Which stage-1 family runs a session (``stage1``: the task's own
+checkpoint or Metis-Omni) is chosen in ``session.start``.
 """
 
 from __future__ import annotations
@@ -15,21 +19,40 @@ from typing import Any
 import numpy as np
 
 PROTOCOL_VERSION = 1
-TASKS = ("se", "tse", "vc")
+STREAM_TASKS = ("se", "tse", "vc")  # audio in, audio out, hop by hop
+TASKS = (*STREAM_TASKS, "tts")  # tts: text in (tts.speak), audio out
+OFFLINE_ONLY_TASKS = {"l2s": "lip to speech is offline-only: use `metis-rt process --task l2s`"}
+STAGE1_FAMILIES = ("task", "omni")  # = metis_rt.config.STAGE1_FAMILIES (no torch import here: clients use this)
 FORMATS = {"pcm_s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 MIN_RATE, MAX_RATE = 8000, 48000
 MAX_FRAME_S = 1.0  # one binary frame carries at most this much audio
 MAX_REFERENCE_S = 30.0
 PCM16_SCALE = 32768.0
+TTS_DEFAULT_RATE = 24000  # the models' output rate: no resampling
+TTS_DEFAULT_FORMAT = "pcm_s16le"
+DEFAULT_LANGUAGE = "en"
+MAX_TEXT_CHARS = 1000  # = metis_rt.text.tokenizer.MAX_TEXT_CHARS (a test keeps them equal)
+MAX_LANGUAGE_CHARS = 16
+MAX_REQUEST_ID_CHARS = 128
+
+
+RequestId = str | int | None  # a client's id of a tts.speak request, echoed as given
 
 
 class ProtocolError(Exception):
-    """An invalid client message; ``code`` goes into the error event."""
+    """An invalid client message; ``code`` goes into the error event (with ``request_id`` when it concerns one
+    ``tts.speak`` request that carried an ``id``)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, request_id: RequestId = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.request_id = request_id
+
+    def event(self) -> ErrorEvent | RequestError:
+        if self.request_id is None:
+            return ErrorEvent(self.code, self.message)
+        return RequestError(self.code, self.message, self.request_id)
 
 
 # ----------------------------------------------------------------------------- client -> server
@@ -44,12 +67,15 @@ class Options:
 @dataclass(frozen=True)
 class SessionStart:
     task: str
-    sample_rate: int
+    sample_rate: int  # tts: = output_sample_rate (a TTS session takes no audio)
     format: str
     output_sample_rate: int
     voice: str | None = None
     reference: bytes | None = None  # an audio file (wav/flac/ogg), decoded by the server
     options: Options = field(default_factory=Options)
+    stage1: str | None = None  # "task" or "omni"; None = the server's default (the first family it loaded)
+    reference_text: str | None = None  # tts: the words spoken in the voice / reference
+    language: str | None = None  # tts: language of the texts (and of the transcript); None = DEFAULT_LANGUAGE
     type: str = "session.start"
 
 
@@ -58,7 +84,26 @@ class SessionUpdate:
     options: dict[str, Any]  # validated partial Options (bypass, mix, stage1_steps, s2a_steps)
     voice: str | None = None  # a server-side voice: the reference for tse/vc (kept for a later switch on se)
     task: str | None = None  # switch the running stream to this task (None = keep it)
+    reference_text: str | None = None  # tts: the transcript of the new voice
+    language: str | None = None  # tts: the new default language of the texts
     type: str = "session.update"
+
+
+@dataclass(frozen=True)
+class TtsSpeak:
+    """Speak ``text`` in the session's voice (tts sessions)."""
+
+    text: str
+    id: RequestId = None  # the client's id, echoed in tts.done / errors of this request
+    language: str | None = None  # None = the session's language
+    type: str = "tts.speak"
+
+
+@dataclass(frozen=True)
+class TtsCancel:
+    """Drop the queued requests; the one being spoken stops after its current sentence."""
+
+    type: str = "tts.cancel"
 
 
 @dataclass(frozen=True)
@@ -71,7 +116,7 @@ class SessionEnd:
     type: str = "session.end"
 
 
-ClientMessage = SessionStart | SessionUpdate | Flush | SessionEnd
+ClientMessage = SessionStart | SessionUpdate | Flush | SessionEnd | TtsSpeak | TtsCancel
 
 
 # ----------------------------------------------------------------------------- server -> client
@@ -83,6 +128,23 @@ class SessionReady:
     format: str
     algorithmic_latency_ms: float
     chunk_ms: int
+    stage1: str = "task"  # the stage-1 family running the session
+    protocol: int = PROTOCOL_VERSION
+    type: str = "session.ready"
+
+
+@dataclass(frozen=True)
+class TtsReady:
+    """``session.ready`` of a TTS session."""
+
+    session_id: str
+    output_sample_rate: int
+    format: str
+    language: str
+    voice: str | None  # the server voice, None for an uploaded reference
+    max_pending: int  # tts.speak requests that may wait behind the one being spoken
+    stage1: str = "task"
+    task: str = "tts"
     protocol: int = PROTOCOL_VERSION
     type: str = "session.ready"
 
@@ -97,6 +159,16 @@ class Busy:
 class ErrorEvent:
     code: str
     message: str
+    type: str = "error"
+
+
+@dataclass(frozen=True)
+class RequestError:
+    """An ``error`` about one tts.speak request: ``id`` is the request's."""
+
+    code: str
+    message: str
+    id: RequestId
     type: str = "error"
 
 
@@ -131,6 +203,40 @@ class Updated:
     type: str = "session.updated"
 
 
+@dataclass(frozen=True)
+class TtsUpdated:
+    """``session.updated`` of a TTS session."""
+
+    voice: str | None  # the new voice (None: unchanged)
+    language: str | None  # the new language (None: unchanged)
+    options: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    type: str = "session.updated"
+
+
+@dataclass(frozen=True)
+class TtsDone:
+    """A tts.speak request is complete: every audio frame of it has been sent before this event."""
+
+    id: RequestId
+    first_audio_ms: float | None  # tts.speak received -> its first audio frame sent (None: no audio)
+    audio_ms: float  # duration of the audio sent for it
+    compute_ms: float  # device time spent on it
+    queue_ms: float  # time it waited behind earlier requests
+    total_ms: float  # tts.speak received -> this event
+    sentences: int
+    cancelled: bool = False  # tts.cancel stopped it after a sentence
+    type: str = "tts.done"
+
+
+@dataclass(frozen=True)
+class TtsCancelled:
+    """Answer to tts.cancel: the ids of the queued requests that were dropped (never spoken)."""
+
+    dropped: list[RequestId]
+    type: str = "tts.cancelled"
+
+
 def encode(message) -> str:
     return json.dumps(asdict(message), separators=(",", ":"))
 
@@ -153,17 +259,74 @@ def parse_client_message(text: str) -> ClientMessage:
         return Flush()
     if kind == "session.end":
         return SessionEnd()
+    if kind == "tts.speak":
+        return parse_speak(data)
+    if kind == "tts.cancel":
+        return TtsCancel()
     raise ProtocolError(
-        "unknown_type", f"unknown message type {kind!r}; expected session.start, session.update, flush or session.end"
+        "unknown_type",
+        f"unknown message type {kind!r}; expected session.start, session.update, flush, session.end, "
+        "tts.speak or tts.cancel",
     )
+
+
+def parse_speak(data: dict[str, Any]) -> TtsSpeak:
+    """A ``tts.speak``: the text is checked here for what needs no model (type, empty, length)."""
+    request_id = data.get("id")
+    if request_id is not None and (
+        isinstance(request_id, bool)
+        or not isinstance(request_id, (str, int))
+        or (isinstance(request_id, str) and len(request_id) > MAX_REQUEST_ID_CHARS)
+    ):
+        raise ProtocolError(
+            "invalid_message",
+            f"tts.speak id must be a string (at most {MAX_REQUEST_ID_CHARS} characters) or an integer",
+        )
+    unknown = set(data) - {"type", "text", "id", "language"}
+    if unknown:
+        raise ProtocolError(
+            "invalid_message",
+            f"unknown field(s) {sorted(unknown)} in tts.speak; allowed: text, id, language",
+            request_id,
+        )
+    text = _text(data.get("text"), "tts.speak text", request_id)
+    language = _language(data.get("language"), request_id)
+    return TtsSpeak(text, request_id, language)
+
+
+def _text(value, what: str, request_id: RequestId = None) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("invalid_text", f"{what} must be a string, got {type(value).__name__}", request_id)
+    if not value.strip():
+        raise ProtocolError("invalid_text", f"{what} is empty: nothing to say", request_id)
+    if len(value) > MAX_TEXT_CHARS:
+        raise ProtocolError(
+            "invalid_text",
+            f"{what} has {len(value)} characters; at most {MAX_TEXT_CHARS} per message - send it in parts",
+            request_id,
+        )
+    return value
+
+
+def _language(value, request_id: RequestId = None) -> str | None:
+    """Shape only (a short string); whether the server speaks it is checked there (``unsupported_language``)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_LANGUAGE_CHARS:
+        raise ProtocolError(
+            "unsupported_language", f'language must be a language code such as "en", got {value!r}', request_id
+        )
+    return value
 
 
 def parse_update(data: dict[str, Any]) -> SessionUpdate:
     """The fields of a ``session.update`` (also how MQTT commands are validated before they reach a session)."""
-    unknown = set(data) - {"type", "options", "voice", "task"}
+    allowed = {"type", "options", "voice", "task", "reference_text", "language"}
+    unknown = set(data) - allowed
     if unknown:
         raise ProtocolError(
-            "invalid_message", f"unknown field(s) {sorted(unknown)} in session.update; allowed: options, voice, task"
+            "invalid_message",
+            f"unknown field(s) {sorted(unknown)} in session.update; allowed: {', '.join(sorted(allowed - {'type'}))}",
         )
     options = _parse_options(data.get("options", {}), partial=True)
     voice = data.get("voice")
@@ -172,36 +335,33 @@ def parse_update(data: dict[str, Any]) -> SessionUpdate:
     task = data.get("task")
     if task is not None:
         _task(task)
-    return SessionUpdate(options, voice, task)
+    reference_text = data.get("reference_text")
+    if reference_text is not None:
+        reference_text = _text(reference_text, "reference_text")
+        if voice is None:
+            raise ProtocolError("voice_required", "reference_text belongs to a voice: send it with voice")
+    return SessionUpdate(options, voice, task, reference_text, _language(data.get("language")))
 
 
 def _task(value) -> str:
+    if value in OFFLINE_ONLY_TASKS:
+        raise ProtocolError("invalid_task", f"task {value!r} is not served live: {OFFLINE_ONLY_TASKS[value]}")
     if value not in TASKS:
         raise ProtocolError("invalid_task", f"task must be one of {', '.join(TASKS)}, got {value!r}")
     return value
 
 
-def _parse_start(data: dict[str, Any]) -> SessionStart:
-    if data.get("protocol") != PROTOCOL_VERSION:
-        got = data.get("protocol")
-        raise ProtocolError("unsupported_protocol", f"protocol must be {PROTOCOL_VERSION}, got {got!r}")
-    task = _task(data.get("task"))
-    rate = _rate(data.get("sample_rate"), "sample_rate")
-    out_rate = _rate(data.get("output_sample_rate", rate), "output_sample_rate")
-    fmt = data.get("format")
-    if fmt not in FORMATS:
-        raise ProtocolError("invalid_format", f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if data.get("channels", 1) != 1:
-        raise ProtocolError("invalid_channels", "only mono (channels: 1) is supported")
-    voice, reference = data.get("voice"), _reference(data.get("reference"))
-    if voice is not None and not isinstance(voice, str):
-        raise ProtocolError("invalid_voice", "voice must be the name of a server-side voice")
-    if task in ("tse", "vc") and voice is None and reference is None:
-        raise ProtocolError("reference_required", f"task {task!r} needs a voice name or a reference recording")
-    if voice is not None and reference is not None:
-        raise ProtocolError("invalid_reference", "give either voice or reference, not both")
-    options = Options(**_parse_options(data.get("options", {}), partial=False))
-    unknown = set(data) - {
+def _stage1(value) -> str | None:
+    if value is not None and value not in STAGE1_FAMILIES:
+        raise ProtocolError(
+            "invalid_stage1",
+            f"stage1 must be one of {', '.join(STAGE1_FAMILIES)} (the task's own model or Metis-Omni), got {value!r}",
+        )
+    return value
+
+
+START_FIELDS = frozenset(
+    {
         "type",
         "protocol",
         "task",
@@ -212,10 +372,64 @@ def _parse_start(data: dict[str, Any]) -> SessionStart:
         "voice",
         "reference",
         "options",
+        "stage1",
+        "reference_text",
+        "language",
     }
+)
+TTS_ONLY_START_FIELDS = ("reference_text", "language")
+STREAM_ONLY_OPTIONS = ("bypass", "mix")
+
+
+def _parse_start(data: dict[str, Any]) -> SessionStart:
+    if data.get("protocol") != PROTOCOL_VERSION:
+        got = data.get("protocol")
+        raise ProtocolError("unsupported_protocol", f"protocol must be {PROTOCOL_VERSION}, got {got!r}")
+    task = _task(data.get("task"))
+    tts = task == "tts"
+    if tts:  # no input audio: sample_rate only serves as the default output rate
+        given = data.get("sample_rate")
+        default_rate = TTS_DEFAULT_RATE if given is None else _rate(given, "sample_rate")
+        out_rate = _rate(data.get("output_sample_rate", default_rate), "output_sample_rate")
+        rate = out_rate
+    else:
+        rate = _rate(data.get("sample_rate"), "sample_rate")
+        out_rate = _rate(data.get("output_sample_rate", rate), "output_sample_rate")
+    fmt = data.get("format", TTS_DEFAULT_FORMAT if tts else None)
+    if fmt not in FORMATS:
+        raise ProtocolError("invalid_format", f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if data.get("channels", 1) != 1:
+        raise ProtocolError("invalid_channels", "only mono (channels: 1) is supported")
+    voice, reference = data.get("voice"), _reference(data.get("reference"))
+    if voice is not None and not isinstance(voice, str):
+        raise ProtocolError("invalid_voice", "voice must be the name of a server-side voice")
+    if task in ("tse", "vc", "tts") and voice is None and reference is None:
+        what = "the voice to speak in" if tts else "the target speaker"
+        raise ProtocolError("reference_required", f"task {task!r} needs a voice name or a reference recording ({what})")
+    if voice is not None and reference is not None:
+        raise ProtocolError("invalid_reference", "give either voice or reference, not both")
+    raw_options = data.get("options", {})
+    options = Options(**_parse_options(raw_options, partial=False))
+    unknown = set(data) - START_FIELDS
     if unknown:
         raise ProtocolError("invalid_message", f"unknown field(s) {sorted(unknown)} in session.start")
-    return SessionStart(task, rate, fmt, out_rate, voice, reference, options)
+    reference_text, language = data.get("reference_text"), data.get("language")
+    if tts:
+        if reference_text is not None:
+            reference_text = _text(reference_text, "reference_text")
+        elif reference is not None:
+            raise ProtocolError(
+                "reference_text_required", "a tts reference needs reference_text: the words spoken in it"
+            )
+        language = _language(language)
+        if set(raw_options) & set(STREAM_ONLY_OPTIONS):
+            raise ProtocolError("invalid_options", f"options {list(STREAM_ONLY_OPTIONS)} do not apply to task tts")
+    else:
+        given = [name for name in TTS_ONLY_START_FIELDS if data.get(name) is not None]
+        if given:
+            raise ProtocolError("invalid_message", f"{', '.join(given)}: only for task tts, not {task!r}")
+    stage1 = _stage1(data.get("stage1"))
+    return SessionStart(task, rate, fmt, out_rate, voice, reference, options, stage1, reference_text, language)
 
 
 def _rate(value, name: str) -> int:

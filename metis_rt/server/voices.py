@@ -1,4 +1,8 @@
-"""Server-side voice library: named reference recordings whose tokens and features are computed once."""
+"""Server-side voice library: named reference recordings whose tokens and features are computed once.
+
+A voice is ``NAME.wav|flac|ogg`` in the voices folder; ``NAME.txt`` beside it (UTF-8), when present, is its
+transcript: the words spoken in it, which TTS needs to speak in that voice.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,14 @@ import numpy as np
 import soundfile as sf
 
 from metis_rt.audio.files import load_for_model, resample, to_mono, validate_speech
-from metis_rt.errors import AudioInputError
+from metis_rt.errors import AudioInputError, TextInputError
 from metis_rt.streaming.window import ReferenceTokens
 
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+TRANSCRIPT_SUFFIX = ".txt"
+MAX_TRANSCRIPT_CHARS = 1000
 MIN_REFERENCE_S = 1.0
 SSL_RATE, CODEC_RATE = 16000, 24000
 
@@ -58,12 +64,38 @@ class VoiceLibrary:
                     return candidate
         raise KeyError(name)
 
+    def with_transcript(self) -> list[str]:
+        """The voices TTS can speak in without a client-given transcript."""
+        return [name for name in self.names() if self.transcript(name) is not None]
+
+    def audio(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The voice's recording at (16 kHz, 24 kHz); KeyError for an unknown name, AudioInputError if unusable."""
+        audio = load_for_model(self.path(name), rates=(SSL_RATE, CODEC_RATE), min_seconds=MIN_REFERENCE_S)
+        return audio[SSL_RATE], audio[CODEC_RATE]
+
+    def transcript(self, name: str) -> str | None:
+        """The words spoken in voice ``name`` (``NAME.txt`` beside its audio), or None when there is none."""
+        try:
+            file = self.path(name).with_suffix(TRANSCRIPT_SUFFIX)
+        except KeyError:
+            return None
+        try:
+            text = file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TextInputError(f"cannot read the transcript {file} of voice {name!r} as UTF-8 text: {exc}") from exc
+        if len(text) > MAX_TRANSCRIPT_CHARS:
+            raise TextInputError(
+                f"the transcript {file} has {len(text)} characters; at most {MAX_TRANSCRIPT_CHARS} (use a shorter clip)"
+            )
+        return text or None
+
     def get(self, name: str, prepare: Prepare) -> ReferenceTokens:
         with self._lock:
             if name in self._cache:
                 return self._cache[name]
-        audio = load_for_model(self.path(name), rates=(SSL_RATE, CODEC_RATE), min_seconds=MIN_REFERENCE_S)
-        tokens = prepare(audio[SSL_RATE], audio[CODEC_RATE])
+        tokens = prepare(*self.audio(name))
         with self._lock:
             self._cache[name] = tokens
         log.info("voice %r prepared (%d frames)", name, tokens.frames)
