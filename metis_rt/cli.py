@@ -138,12 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     br.add_argument("bridge_args", nargs=argparse.REMAINDER)
 
-    da = sub.add_parser("data", help="datasets: build-eval (the evaluation set)")
+    da = sub.add_parser("data", help="datasets: build-eval (the evaluation set), build-train (training speech)")
     da_sub = da.add_subparsers(dest="data_command", required=True)
     be = da_sub.add_parser("build-eval", help="build the evaluation set from Debian speech/noise packages")
     be.add_argument("--out", type=Path, required=True, help="output folder (manifest.json + audio)")
     be.add_argument("--seed", type=int, default=0)
     be.add_argument("--quick", action="store_true", help="a small subset (seconds to build)")
+    bt = da_sub.add_parser("build-train", help="render the training speech corpus (TTS voices + Debian recordings)")
+    bt.add_argument("--out", type=Path, required=True, help="output folder (manifest.json + 24 kHz wavs)")
+    bt.add_argument("--minutes", type=float, default=60.0, help="minutes of clean speech (default: %(default)s)")
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--workers", type=int, default=2, help="rendering threads (default: %(default)s)")
+    bt.add_argument("--no-progress", action="store_true")
+
+    tr = sub.add_parser("train", help="train or fine-tune a model (options: metis-rt train --help)", add_help=False)
+    tr.add_argument("train_args", nargs=argparse.REMAINDER)
 
     ev = sub.add_parser("eval", help="evaluate systems on the evaluation set; writes a report folder")
     ev.add_argument("--out", type=Path, required=True, help="report folder (report.md, clips.csv, PNG plots, audio/)")
@@ -164,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PASS_THROUGH = ("serve", "bridge")  # subcommands with their own parser: everything after the name goes to it
+PASS_THROUGH = ("serve", "bridge", "train")  # subcommands with their own parser: everything after the name goes to it
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -431,6 +440,14 @@ def cmd_serve(args) -> int:
 
 
 def cmd_data(args) -> int:
+    if args.data_command == "build-train":
+        from metis_rt.train.corpus import build_train_set
+
+        path = build_train_set(
+            args.out, seed=args.seed, minutes=args.minutes, progress=not args.no_progress, workers=args.workers
+        )
+        print(f"training set: {path}")
+        return 0
     from metis_rt.data.evalset import build_eval_set
 
     manifest = build_eval_set(args.out, seed=args.seed, quick=args.quick)
@@ -467,6 +484,12 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from metis_rt.train.main import main as train_main
+
+    return train_main(args.train_args)
+
+
 def cmd_bridge(args) -> int:
     from metis_rt.bridge.main import main as bridge_main
 
@@ -478,6 +501,7 @@ COMMANDS = {
     "process": cmd_process,
     "parity": cmd_parity,
     "serve": cmd_serve,
+    "train": cmd_train,
     "bridge": cmd_bridge,
     "data": cmd_data,
     "eval": cmd_eval,

@@ -381,4 +381,7 @@ def _from_amphion_model(model: Mapping[str, Any], base: ModelConfig, task: str |
                 cfg,
                 codec_decoder=from_dict(CodecDecoderConfig, {**dataclasses.asdict(base.codec_decoder), **picked}),
             )
+    ssl = model.get("ssl")  # ours, not Amphion's (which hard-codes layer 17): models trained here may use another
+    if ssl is not None:
+        cfg = dataclasses.replace(cfg, ssl=_pick(ssl, ["hidden_state_index"], SslConfig, base.ssl))
     return cfg

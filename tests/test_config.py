@@ -93,3 +93,10 @@ def test_amphion_config_errors_are_clear():
         from_amphion({"model": {"acoustic_codec": {"decoder": {"use_vocos": False}}}}, ModelConfig())
     with pytest.raises(ConfigError):
         from_amphion({"model": {"t2s_model": {"hidden_size": "wide"}}}, ModelConfig())
+
+
+def test_amphion_config_may_name_the_ssl_feature_layer_of_a_model_trained_here():
+    assert from_amphion({"model": {"ssl": {"hidden_state_index": 6}}}, ModelConfig()).ssl.hidden_state_index == 6
+    assert from_amphion({"model": {}}, ModelConfig()).ssl.hidden_state_index == 17  # the official layer
+    with pytest.raises(ConfigError):
+        from_amphion({"model": {"ssl": {"hidden_state_index": "six"}}}, ModelConfig())
