@@ -8,8 +8,7 @@ Each export merges its own section into ``<out_dir>/config.json``:
 * Metis base: ``model.t2s_model.*``; S2A: ``model.s2a_model.{s2a_1layer,s2a_full}.*``.
 
 So five exports into one directory give one complete config.json; exports in separate directories are merged by
-:func:`assemble_model_dir`. :func:`pretrained_model_config` reads a directory's sizes (``resolve_config`` plus the
-SSL layer, which :func:`metis_rt.config.from_amphion` does not read yet).
+:func:`assemble_model_dir`. :func:`pretrained_model_config` reads a directory's sizes back (``resolve_config``).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from metis_rt.config import (
     ModelConfig,
     S2AConfig,
     SemanticCodecConfig,
-    SslConfig,
     Stage1Config,
 )
 from metis_rt.errors import ConfigError
@@ -113,18 +111,8 @@ def s2a_section(
 
 # ----------------------------------------------------------------------------- reading back
 def pretrained_model_config(model_dir: str | Path, task: str | None = None) -> ModelConfig:
-    """``resolve_config(model_dir)`` plus ``model.ssl.hidden_state_index`` from its config.json."""
-    cfg, _ = resolve_config(model_dir, task)
-    path = Path(model_dir) / AMPHION_CONFIG
-    if not path.is_file():
-        return cfg
-    ssl = json.loads(path.read_text()).get("model", {}).get(SSL_SECTION)
-    if ssl is None:
-        return cfg
-    index = ssl.get("hidden_state_index")
-    if isinstance(index, bool) or not isinstance(index, int) or index < 1:
-        raise ConfigError(f"{path}: model.ssl.hidden_state_index must be a positive integer, got {index!r}")
-    return dataclasses.replace(cfg, ssl=SslConfig(hidden_state_index=index))
+    """The sizes of a pre-trained model directory (``resolve_config``, which reads ``model.ssl`` too)."""
+    return resolve_config(model_dir, task)[0]
 
 
 def assemble_model_dir(parts: Sequence[str | Path], out_dir: str | Path, *, link: bool = True) -> Path:
