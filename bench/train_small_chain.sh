@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The whole training chain at small size, end to end: training speech -> SSL encoder -> semantic codec ->
+# acoustic codec -> Metis base -> S2A -> one model directory -> SE adapter fine-tuning (before = step 0,
+# after = the trained adapter) -> the evaluation harness on both.
+#
+#   bash bench/train_small_chain.sh                 # short CPU run (about an hour on 2 cores)
+#   STEPS_SCALE=20 DEVICE=cuda bash bench/train_small_chain.sh   # 20x the steps on a GPU
+#
+# Outputs under $OUT (default out/chain): data/, runs/<name>/ (losses.csv, loss_curve.png, export/), models/small,
+# models/small_se_before, models/small_se_after, eval_before/, eval_after/ (report.md, clips.csv, plots).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+OUT=${OUT:-out/chain}
+DEVICE=${DEVICE:-cpu}
+SCALE=${STEPS_SCALE:-1}
+MINUTES=${MINUTES:-30}
+EVAL_SET=${EVAL_SET:-$OUT/evalset}
+M=${METIS_RT:-.venv/bin/metis-rt}
+PY=${PYTHON:-.venv/bin/python}
+common="loop.device=$DEVICE loop.progress=false loop.log_every=10"
+
+steps() { echo $(( $1 * SCALE )); }
+run() {  # run NAME CONFIG STEPS [overrides...]
+  local name=$1 config=$2 n=$3; shift 3
+  local every=$(( n / 4 > 0 ? n / 4 : 1 ))
+  echo "== $name: $n steps"
+  /usr/bin/time -f "$name: %e s wall" "$M" train "$config" out_dir="$OUT/runs/$name" loop.steps="$n" \
+    loop.valid_every=$every loop.checkpoint_every=$every data.set_dir="$OUT/data" $common "$@"
+}
+
+[ -f "$OUT/data/manifest.json" ] || "$M" data build-train --out "$OUT/data" --minutes "$MINUTES" --seed 0 --no-progress
+run ssl configs/train/pretrain_ssl.yaml "$(steps 200)"
+run semantic_codec configs/train/pretrain_semantic_codec.yaml "$(steps 300)" options.ssl_dir="$OUT/runs/ssl/export"
+run acoustic_codec configs/train/pretrain_acoustic_codec.yaml "$(steps 300)"
+run base configs/train/pretrain_base.yaml "$(steps 200)" options.ssl_dir="$OUT/runs/ssl/export" \
+  options.semantic_codec_dir="$OUT/runs/semantic_codec/export"
+run s2a configs/train/pretrain_s2a.yaml "$(steps 120)" options.ssl_dir="$OUT/runs/ssl/export" \
+  options.semantic_codec_dir="$OUT/runs/semantic_codec/export" options.acoustic_codec_dir="$OUT/runs/acoustic_codec/export"
+
+"$PY" - "$OUT" <<'EOF'
+import sys
+from pathlib import Path
+from metis_rt.train.pretrain.config_json import assemble_model_dir
+out = Path(sys.argv[1])
+parts = [out / "runs" / name / "export" for name in ("ssl", "semantic_codec", "acoustic_codec", "base", "s2a")]
+print("model dir:", assemble_model_dir(parts, out / "models" / "small"))
+EOF
+
+# SE adapter: "before" = the untrained adapter (lr 0, one step: zero gate, LoRA B = 0, i.e. the base model),
+# "after" = the fine-tuned one. Small LoRA (r 8) and 4 s crops for the small base.
+ft="options.model_dir=$OUT/models/small options.lora_r=8 options.lora_alpha=16 options.max_frames=200 loop.batch_size=8 loop.grad_accum=1"
+run se_before configs/train/finetune_se.yaml 1 $ft loop.lr=0.0 loop.warmup_steps=0
+run se_after configs/train/finetune_se.yaml "$(steps 300)" $ft loop.warmup_steps=20
+
+[ -f "$EVAL_SET/manifest.json" ] || "$M" data build-eval --out "$EVAL_SET" --seed 0
+for which in before after; do
+  "$M" eval --set "$EVAL_SET" --quick --tasks se --systems unprocessed,metis-offline \
+    --model-dir "$OUT/runs/se_$which/export" --out "$OUT/eval_$which" --no-progress
+done
+echo "done: $OUT/eval_before/report.md $OUT/eval_after/report.md"
