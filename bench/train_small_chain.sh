@@ -15,7 +15,7 @@ OUT=${OUT:-out/chain}
 DEVICE=${DEVICE:-cpu}
 SCALE=${STEPS_SCALE:-1}
 MINUTES=${MINUTES:-30}
-EVAL_SET=${EVAL_SET:-$OUT/evalset}
+EVAL_SET=${EVAL_SET:-$OUT/evalset}  # an existing `metis-rt data build-eval --seed 0` folder saves a build
 M=${METIS_RT:-.venv/bin/metis-rt}
 PY=${PYTHON:-.venv/bin/python}
 common="loop.device=$DEVICE loop.progress=false loop.log_every=10"
@@ -24,9 +24,11 @@ steps() { echo $(( $1 * SCALE )); }
 run() {  # run NAME CONFIG STEPS [overrides...]
   local name=$1 config=$2 n=$3; shift 3
   local every=$(( n / 4 > 0 ? n / 4 : 1 ))
+  if [ -e "$OUT/runs/$name/.done" ]; then echo "== $name: done earlier, skipped"; return; fi
   echo "== $name: $n steps"
   /usr/bin/time -f "$name: %e s wall" "$M" train "$config" out_dir="$OUT/runs/$name" loop.steps="$n" \
     loop.valid_every=$every loop.checkpoint_every=$every data.set_dir="$OUT/data" $common "$@"
+  touch "$OUT/runs/$name/.done"
 }
 
 [ -f "$OUT/data/manifest.json" ] || "$M" data build-train --out "$OUT/data" --minutes "$MINUTES" --seed 0 --no-progress
@@ -47,15 +49,18 @@ parts = [out / "runs" / name / "export" for name in ("ssl", "semantic_codec", "a
 print("model dir:", assemble_model_dir(parts, out / "models" / "small"))
 EOF
 
-# SE adapter: "before" = the untrained adapter (lr 0, one step: zero gate, LoRA B = 0, i.e. the base model),
-# "after" = the fine-tuned one. Small LoRA (r 8) and 4 s crops for the small base.
+# SE adapter: "before" = the untrained adapter (one step at lr 1e-12: zero gate, LoRA B = 0, i.e. the base model),
+# "after" = fine-tuned on whole utterances, "stream" = fine-tuned on streaming windows (chunk 240 / lookahead 160).
+# Small LoRA (r 8) and 4 s crops for the small base; the two fine-tunings run side by side, one thread each.
 ft="options.model_dir=$OUT/models/small options.lora_r=8 options.lora_alpha=16 options.max_frames=200 loop.batch_size=8 loop.grad_accum=1"
-run se_before configs/train/finetune_se.yaml 1 $ft loop.lr=0.0 loop.warmup_steps=0
-run se_after configs/train/finetune_se.yaml "$(steps 300)" $ft loop.warmup_steps=20
+run se_before configs/train/finetune_se.yaml 1 $ft loop.lr=1.0e-12 loop.warmup_steps=0
+OMP_NUM_THREADS=1 run se_after configs/train/finetune_se.yaml "$(steps 150)" $ft loop.warmup_steps=20 &
+OMP_NUM_THREADS=1 run se_stream configs/train/finetune_se_streaming.yaml "$(steps 150)" $ft loop.warmup_steps=20 &
+wait
 
 [ -f "$EVAL_SET/manifest.json" ] || "$M" data build-eval --out "$EVAL_SET" --seed 0
-for which in before after; do
-  "$M" eval --set "$EVAL_SET" --quick --tasks se --systems unprocessed,metis-offline \
+for which in before after stream; do
+  "$M" eval --set "$EVAL_SET" --quick --tasks se --systems unprocessed,metis-offline,metis-stream-240-160 \
     --model-dir "$OUT/runs/se_$which/export" --out "$OUT/eval_$which" --no-progress
 done
-echo "done: $OUT/eval_before/report.md $OUT/eval_after/report.md"
+echo "done: $OUT/eval_{before,after,stream}/report.md"

@@ -192,8 +192,8 @@ def write_report(
     if info.get("model_dir") and official is False:
         lines += [
             f"> **The metis-* numbers come from `{info['model_dir']}`, whose architecture is not the official Metis "
-            "one (a tiny model with random weights, for testing). They say nothing about Metis quality; only the "
-            "baselines' numbers are meaningful.**",
+            "one: not the released weights (a test model with random weights, or a small model trained here). They "
+            "say nothing about Metis quality; they measure that model only.**",
             "",
         ]
     elif info.get("model_dir"):
