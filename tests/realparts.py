@@ -150,3 +150,31 @@ class Broker:
         if self.proc is not None:
             stop_process(self.proc, timeout_s=BROKER_STEP_S)
         self.proc = None
+
+
+class ServerThread:
+    """A built ``MetisServer`` running on 127.0.0.1 (port 0: any free one) in a thread of its own."""
+
+    def __init__(self, server, start_timeout_s: float = 120.0):
+        import threading
+
+        self.server = server
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self._ready.wait(start_timeout_s), "server did not start"
+        self.url = f"ws://127.0.0.1:{self.server.port}/v1/stream"
+
+    def _run(self):
+        import asyncio
+
+        async def main():
+            self.loop = asyncio.get_running_loop()
+            await self.server.run(host="127.0.0.1", port=0, on_ready=lambda _p: self._ready.set())
+
+        asyncio.run(main())
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.server.stop)
+        self.thread.join(30)
+        assert not self.thread.is_alive()

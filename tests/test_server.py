@@ -1,7 +1,6 @@
 """The real-time server on loopback with the tiny models: sessions per task, packet invariance, durations, every
 bad-input case of the protocol, limits, tokens, HTTP endpoints."""
 
-import asyncio
 import base64
 import dataclasses
 import json
@@ -25,6 +24,7 @@ from metis_rt.streaming.config import StepsConfig, load_stream_config
 from metis_rt.streaming.processor import MetisWindowProcessor
 
 from .conftest import EXAMPLES_DIR
+from .realparts import ServerThread
 
 FAST = StepsConfig(stage1=2, s2a=(3, 2) + (1,) * 10)
 
@@ -43,23 +43,11 @@ class RunningServer:
         tasks = changes.pop("tasks", ("se", "tse", "vc"))
         cfg = dataclasses.replace(ServerConfig(port=0, voices_dir=voices_dir), **changes)
         self.server = MetisServer(processor, official, stream_cfg, cfg, tasks=tasks, tokens=tokens, deterministic=True)
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self._ready.wait(60), "server did not start"
-        self.url = f"ws://127.0.0.1:{self.server.port}/v1/stream"
-
-    def _run(self):
-        async def main():
-            self.loop = asyncio.get_running_loop()
-            await self.server.run(host="127.0.0.1", port=0, on_ready=lambda _p: self._ready.set())
-
-        asyncio.run(main())
+        self._thread = ServerThread(self.server, 60)
+        self.url = self._thread.url
 
     def stop(self):
-        self.loop.call_soon_threadsafe(self.server.stop)
-        self.thread.join(30)
-        assert not self.thread.is_alive()
+        self._thread.stop()
 
 
 def _server(processor, **kw):

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import json
 import shutil
-import threading
 import time
 import urllib.request
 
@@ -31,6 +30,7 @@ from metis_rt.streaming.processor import MetisWindowProcessor
 from metis_rt.text.tokenizer import MAX_TEXT_CHARS, PhoneTokenizer
 
 from .conftest import EXAMPLES_DIR
+from .realparts import ServerThread
 
 FAST = StepsConfig(stage1=2, s2a=(3, 2) + (1,) * 10)
 TTS_STAGE1_STEPS, TTS_S2A_STEPS = 2, (1,) * 12
@@ -79,23 +79,11 @@ class TtsServer:
         self.server = MetisServer(
             processor, official, stream_cfg, cfg, tasks=tasks, stage1=stage1, tokenizer=tokenizer, deterministic=True
         )
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self._ready.wait(120), "server did not start"
-        self.url = f"ws://127.0.0.1:{self.server.port}/v1/stream"
-
-    def _run(self):
-        async def main():
-            self.loop = asyncio.get_running_loop()
-            await self.server.run(host="127.0.0.1", port=0, on_ready=lambda _p: self._ready.set())
-
-        asyncio.run(main())
+        self._thread = ServerThread(self.server, 120)
+        self.url, self.loop = self._thread.url, self._thread.loop
 
     def stop(self):
-        self.loop.call_soon_threadsafe(self.server.stop)
-        self.thread.join(30)
-        assert not self.thread.is_alive()
+        self._thread.stop()
 
 
 @pytest.fixture(scope="module")
