@@ -44,7 +44,7 @@ class RunningServer:
         cfg = dataclasses.replace(ServerConfig(port=0, voices_dir=voices_dir), **changes)
         self.server = MetisServer(processor, official, stream_cfg, cfg, tasks=tasks, tokens=tokens, deterministic=True)
         self._thread = ServerThread(self.server, 60)
-        self.url = self._thread.url
+        self.url, self.thread = self._thread.url, self._thread.thread
 
     def stop(self):
         self._thread.stop()
