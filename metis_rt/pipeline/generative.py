@@ -6,7 +6,6 @@ Inputs are checked before any model is loaded (the CLI calls :func:`read_voice` 
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,16 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metis_rt.audio.files import load_for_model
 from metis_rt.config import TaskDecoding
 from metis_rt.errors import TextInputError
 from metis_rt.models.decoding import NoiseSource
 from metis_rt.pipeline.offline import OUTPUT_SAMPLE_RATE, MetisPipeline
-from metis_rt.pipeline.process import LONG_REFERENCE_S, MIN_REFERENCE_S, SSL_RATE, ProcessReport
+from metis_rt.pipeline.process import SSL_RATE, ProcessReport, load_reference
 from metis_rt.pipeline.tts import TtsSynthesizer
 from metis_rt.text.tokenizer import MAX_TEXT_CHARS, PhoneTokenizer
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,13 +36,8 @@ class VoicePrompt:
 
 def read_voice(path: str | Path, *, allow_clipped: bool = False) -> VoicePrompt:
     """The voice prompt (any rate/format): 1 s at least; long prompts only cost time (warned)."""
-    ref = load_for_model(
-        path, rates=(SSL_RATE, OUTPUT_SAMPLE_RATE), min_seconds=MIN_REFERENCE_S, allow_clipped=allow_clipped
-    )
-    voice = VoicePrompt(torch.from_numpy(ref[SSL_RATE]), torch.from_numpy(ref[OUTPUT_SAMPLE_RATE]))
-    if voice.seconds > LONG_REFERENCE_S:
-        log.warning("voice prompt is %.0f s long; 3-10 s suffice and every second costs compute", voice.seconds)
-    return voice
+    ref = load_reference(path, allow_clipped)  # checked; an overlong prompt is warned about
+    return VoicePrompt(ref["reference_16k"], ref["reference_24k"])
 
 
 def read_text(text: str | None, text_file: str | Path | None, what: str = "--text") -> str:

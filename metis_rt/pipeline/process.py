@@ -164,6 +164,11 @@ def _load_reference(task: str, reference_path, allow_clipped: bool) -> dict[str,
         return {}
     if reference_path is None:
         raise ConfigError(f"task {task!r} needs --reference: a recording of the target speaker (a few seconds)")
+    return load_reference(reference_path, allow_clipped)
+
+
+def load_reference(reference_path, allow_clipped: bool = False) -> dict[str, torch.Tensor]:
+    """A speaker reference / voice prompt (any format): ``reference_16k`` and ``reference_24k``, 1 s at least."""
     ref = load_for_model(
         reference_path, rates=(SSL_RATE, OUTPUT_SAMPLE_RATE), min_seconds=MIN_REFERENCE_S, allow_clipped=allow_clipped
     )

@@ -97,6 +97,7 @@ class TtsVoice:
     acoustic_ids: torch.Tensor  # [1, Ta, Q]
     text: str
     language: str
+    phone_ids: torch.Tensor  # [1, P] the transcript's phone ids (phonemised once per voice)
 
     @property
     def prompt(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,16 +119,21 @@ class TtsSynthesizer:
         """Tokenise a voice prompt (16 and 24 kHz versions of the same recording) and check its transcript."""
         if not prompt_text or not prompt_text.strip():
             raise TextInputError("the voice prompt needs its transcript (the words spoken in it)")
-        self.tokenizer.g2p(prompt_text, language)  # a bad transcript fails now, not at the first sentence
+        _, ids = self.tokenizer.g2p(prompt_text, language)  # a bad transcript fails now, not at the first sentence
         semantic, acoustic = self.pipeline.voice_prompt(prompt_16k, prompt_24k)
-        return TtsVoice(semantic, acoustic, prompt_text, language)
+        return TtsVoice(semantic, acoustic, prompt_text, language, torch.tensor([ids], dtype=torch.long))
+
+    def _phone_ids(self, voice: TtsVoice, text: str, language: str) -> torch.Tensor:
+        """The voice transcript's ids then ``text``'s (no separator), as ``Metis.tokenizer``."""
+        _, ids = self.tokenizer.g2p(text, language)
+        return torch.cat([voice.phone_ids, torch.tensor([ids], dtype=torch.long)], dim=1)
 
     def utterance(self, voice: TtsVoice, text: str, noise: NoiseSource, language: str | None = None) -> PipelineResult:
         """The whole ``text`` in one stage-1 call (the reference's ``Metis.__call__`` for TTS)."""
         _check_text(text)
-        tokens = self.tokenizer.phone_ids(text, voice.text, language or voice.language, voice.language)
+        phone_ids = self._phone_ids(voice, text, language or voice.language)
         target_len = target_length(voice.semantic_ids.shape[1], text, voice.text)
-        return self.pipeline.tts(voice.prompt, tokens.phone_ids, target_len, self.settings, noise, self.variant)
+        return self.pipeline.tts(voice.prompt, phone_ids, target_len, self.settings, noise, self.variant)
 
     def stream(
         self, voice: TtsVoice, text: str, noise: NoiseSource, language: str | None = None
@@ -140,12 +146,12 @@ class TtsSynthesizer:
         _check_text(text)
         language = language or voice.language
         pieces = split_text(text)
-        tokens = [self.tokenizer.phone_ids(piece, voice.text, language, voice.language) for piece in pieces]
-        for piece, tok in zip(pieces, tokens, strict=True):
+        tokens = [self._phone_ids(voice, piece, language) for piece in pieces]
+        for piece, phone_ids in zip(pieces, tokens, strict=True):
             target_len = target_length(voice.semantic_ids.shape[1], piece, voice.text)
             if target_len <= 0:
                 continue
-            result = self.pipeline.tts(voice.prompt, tok.phone_ids, target_len, self.settings, noise, self.variant)
+            result = self.pipeline.tts(voice.prompt, phone_ids, target_len, self.settings, noise, self.variant)
             yield _faded(result.wav.float().cpu().numpy())
 
 
