@@ -33,6 +33,7 @@ from metis_rt.train.config import TRAIN_CONFIG_DIR, load_train_config
 from metis_rt.train.example import Example
 from metis_rt.train.pretrain import acoustic_codec, base, s2a, semantic_codec, ssl
 from metis_rt.train.pretrain.config_json import assemble_model_dir, pretrained_model_config
+from metis_rt.train.pretrain.vq import residual_quantize
 from tests.conftest import EXAMPLES_DIR
 
 STEPS = 4
@@ -269,3 +270,29 @@ def test_every_pretrain_run_file_parses_into_its_options():
         parse_options(ssl.SslPretrainConfig, {"hidden_size": 8}, "ssl")
     with pytest.raises(ConfigError, match="hidden_state_index"):
         parse_options(ssl.SslPretrainConfig, {"hidden_state_index": 7}, "ssl")
+
+
+def test_acoustic_codec_data_init_spreads_the_first_codes_and_runs_once(examples):
+    """DataInit (vq.py): centred encoder output, zero in_project biases, codebooks seeded from the batch's own
+    latents, so the first batch uses many more stage-0 codes than random codebooks do; a second call is a no-op."""
+    torch.manual_seed(0)
+    task = acoustic_codec.build(tiny_options("acoustic_codec"))
+    batch = next(task.batches(iter(examples), BATCH))
+    rvq = task.decoder.quantizer
+    with torch.no_grad():
+        before = residual_quantize(rvq, task.encoder(batch.wav[:, None, :])).ids[..., 0].unique().numel()
+        task.loss(batch)  # the first loss call initialises
+        latent = task.encoder(batch.wav[:, None, :])
+        after = residual_quantize(rvq, latent).ids[..., 0].unique().numel()
+    assert bool(task.data_init.done)
+    torch.testing.assert_close(latent.mean(dim=(0, 2)), torch.zeros(latent.shape[1]), atol=1e-5, rtol=0)
+    assert all(float(f.in_project.bias.abs().max()) == 0.0 for f in rvq.quantizers)
+    assert after >= 2 * before, (before, after)
+    snapshot = rvq.quantizers[0].codebook.weight.clone()
+    with torch.no_grad():
+        assert not task.data_init.apply(task._encoder_out_conv(), rvq, latent)
+    assert torch.equal(rvq.quantizers[0].codebook.weight, snapshot)
+    # The offsets it set are left out of the optimiser (training them regrows the common direction).
+    trainable = {id(p) for p in task.trainable()}
+    assert id(task._encoder_out_conv().bias) not in trainable
+    assert not any(id(f.in_project.bias) in trainable for f in rvq.quantizers)

@@ -33,7 +33,7 @@ from metis_rt.train.example import Example
 from metis_rt.train.pretrain import common
 from metis_rt.train.pretrain.config_json import acoustic_codec_section, update_config_json
 from metis_rt.train.pretrain.spectral import MultiResolutionStftLoss, MultiScaleMelLoss, min_samples
-from metis_rt.train.pretrain.vq import CodeRevival, codebook_usage, residual_quantize, sample_active_stages
+from metis_rt.train.pretrain.vq import CodeRevival, DataInit, codebook_usage, residual_quantize, sample_active_stages
 
 NAME = "pretrain-acoustic-codec"
 CODEC_SAMPLE_RATE = 24000
@@ -59,6 +59,7 @@ class AcousticCodecPretrainConfig:
     codebook_weight: float = 1.0
     quantizer_dropout: float = 0.5
     revive_every: int = 200  # steps between dead-code checks; 0 = never
+    data_init: bool = True  # vq.DataInit on the first batch; the offsets it sets are then not trained
     crop_frames: int = 25  # 20 ms frames per crop (0.5 s)
 
     def __post_init__(self):
@@ -99,6 +100,17 @@ class AcousticCodecPretrainTask:
         self.stft_loss.to(self.device)
         n_q, size = cfg.decoder.num_quantizers, cfg.decoder.codebook_size
         self.revival = CodeRevival(n_q, size, cfg.revive_every).to(self.device)
+        self.data_init = DataInit().to(self.device)
+        # The offsets DataInit sets from the data stay fixed: trained, they regrow the common direction.
+        self._fixed_biases: list[nn.Parameter] = []
+        if cfg.data_init:
+            self._fixed_biases = [self._encoder_out_conv().bias]
+            self._fixed_biases += [fvq.in_project.bias for fvq in self.decoder.quantizer.quantizers]
+        for bias in self._fixed_biases:
+            bias.requires_grad_(False)
+
+    def _encoder_out_conv(self) -> nn.Conv1d:
+        return [m for m in self.encoder.block if isinstance(m, nn.Conv1d)][-1]
 
     @property
     def codec(self) -> AcousticCodec:
@@ -106,10 +118,17 @@ class AcousticCodecPretrainTask:
         return AcousticCodec(self.encoder, self.decoder)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "decoder": self.decoder, "code_revival": self.revival}
+        return {
+            "encoder": self.encoder,
+            "decoder": self.decoder,
+            "code_revival": self.revival,
+            "data_init": self.data_init,
+        }
 
     def trainable(self):
-        return itertools.chain(self.encoder.parameters(), self.decoder.parameters())
+        frozen = {id(p) for p in self._fixed_biases}
+        params = itertools.chain(self.encoder.parameters(), self.decoder.parameters())
+        return [p for p in params if id(p) not in frozen]
 
     def batches(self, examples: Iterator[Example], batch_size: int) -> Iterator[WavBatch]:
         n_q = self.cfg.decoder.num_quantizers
@@ -119,7 +138,13 @@ class AcousticCodecPretrainTask:
 
     def loss(self, batch: WavBatch) -> tuple[torch.Tensor, dict[str, float]]:
         revived = self.revival.revive(self.decoder.quantizer)
-        q = residual_quantize(self.decoder.quantizer, self.encoder(batch.wav[:, None, :]), batch.n_active)
+        if self.cfg.data_init and not bool(self.data_init.done):
+            with torch.no_grad():
+                self.data_init.apply(
+                    self._encoder_out_conv(), self.decoder.quantizer, self.encoder(batch.wav[:, None, :])
+                )
+        latent = self.encoder(batch.wav[:, None, :])
+        q = residual_quantize(self.decoder.quantizer, latent, batch.n_active)
         pred = self.decoder(q.quantized)[:, 0, :]
         mel = self.mel_loss(pred, batch.wav)
         stft = self.stft_loss(pred, batch.wav)

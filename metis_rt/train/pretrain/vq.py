@@ -12,6 +12,8 @@ Inference (:mod:`metis_rt.models.quantize`) only needs ids; training needs a dif
 
 Quantiser dropout: row b uses only its first ``n_active[b]`` stages (all stages still run and learn their codes).
 :class:`CodeRevival` re-seeds codes nobody picked for a while from recent encoder latents (dead-code restart).
+:class:`DataInit` runs once, on the first batch, before any step: it centres the encoder output and seeds every
+codebook from the latents it will quantise (without it the quantiser collapses, see its docstring).
 """
 
 from __future__ import annotations
@@ -120,3 +122,43 @@ def codebook_usage(ids: torch.Tensor, codebook_size: int) -> float:
     """Fraction of the codebook used by ids [..., T] (stage 0 if [B, T, Q]), for logging."""
     flat = ids[..., 0] if ids.dim() == 3 else ids
     return float(torch.unique(flat).numel()) / codebook_size
+
+
+class DataInit(nn.Module):
+    """Data-dependent initialisation of encoder output + quantiser on the first training batch (once).
+
+    Why: at random initialisation the encoder output carries a large constant offset (Snake adds a positive term,
+    every conv a bias) and each ``in_project`` adds its own bias, so all projected latents point the same way
+    (mean pairwise cosine 0.96 on our small codec) and the cosine lookup picks ~10 of 1,024 codes; training then
+    collapsed (0.3 % layer-0 use) and dead-code revival could not undo it (the revived codes share the cone).
+    What: shift the encoder's last conv bias by minus the batch mean of its output, zero each stage's
+    ``in_project`` bias, and seed each stage's codebook with randomly drawn projected latents of that stage's
+    residual (stage by stage, so later stages see the residuals they will get). All three are ordinary
+    parameter values: nothing here exists at inference and the exported layout is unchanged.
+    The ``done`` buffer is saved with the checkpoint, so a resumed run does not redo it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("done", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def apply(self, out_conv: nn.Conv1d, rvq: ResidualFVQ, latent: torch.Tensor, seed: int = 0) -> bool:
+        """latent [B, D, T] = encoder output for the first batch; returns whether it initialised now."""
+        if bool(self.done):
+            return False
+        mean = latent.mean(dim=(0, 2))  # [D]
+        out_conv.bias -= mean.to(out_conv.bias)
+        residual = latent - mean[None, :, None]
+        generator = torch.Generator().manual_seed(seed)
+        for fvq in rvq.quantizers:
+            nn.init.zeros_(fvq.in_project.bias)
+            z_e = fvq.in_project(residual)
+            pool = z_e.transpose(1, 2).reshape(-1, z_e.shape[1]).cpu()
+            size = fvq.codebook.weight.shape[0]
+            pick = torch.randint(0, len(pool), (size,), generator=generator)
+            noise = 1e-3 * pool.std() * torch.randn(size, pool.shape[1], generator=generator)  # break ties
+            fvq.codebook.weight.copy_((pool[pick] + noise).to(fvq.codebook.weight))
+            residual = residual - fvq.decode(fvq.nearest(z_e))
+        self.done.fill_(True)
+        return True
