@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from metis_rt.cli import main
+from metis_rt.errors import ConfigError
 from metis_rt.eval.report import mean_ci
 from metis_rt.eval.runner import QUICK_PER_TASK, pick_items
 
@@ -28,6 +29,15 @@ def test_quick_picks_a_fixed_number_per_task_in_id_order():
     assert [i["id"] for i in picked if i["task"] == "se"] == ["se01", "se02", "se03"]
     assert len(picked) == sum(QUICK_PER_TASK.values())
     assert len(pick_items({"items": items}, quick=False, tasks=("vc",))) == 10
+
+
+def test_per_task_spreads_its_picks_over_each_tasks_items():
+    items = [{"id": f"{t}{i:02d}", "task": t} for t in ("se", "vc") for i in range(12)]
+    picked = pick_items({"items": items}, quick=False, tasks=None, per_task=4)
+    assert [i["id"] for i in picked] == ["se00", "se03", "se06", "se09", "vc00", "vc03", "vc06", "vc09"]
+    assert len(pick_items({"items": items}, quick=False, tasks=("vc",), per_task=50)) == 12  # fewer than N: all
+    with pytest.raises(ConfigError, match="per-task"):
+        pick_items({"items": items}, quick=False, tasks=None, per_task=0)
 
 
 @pytest.fixture(scope="module")

@@ -296,3 +296,32 @@ def test_acoustic_codec_data_init_spreads_the_first_codes_and_runs_once(examples
     trainable = {id(p) for p in task.trainable()}
     assert id(task._encoder_out_conv().bias) not in trainable
     assert not any(id(f.in_project.bias) in trainable for f in rvq.quantizers)
+
+
+def test_crops_cut_the_degraded_input_over_the_same_span(examples):
+    from metis_rt.train.pretrain import common
+
+    ex = examples[0]
+    noisy = Example("se", ex.clean_16k, ex.clean_24k, 2.0 * ex.clean_16k)
+    crop = common.crop_example(noisy, 20)
+    np.testing.assert_array_equal(crop.degraded_16k, 2.0 * crop.wav_16k)
+    other_length = common.crop_example(Example("vc", ex.clean_16k, ex.clean_24k, ex.clean_16k[:-320]), 20)
+    assert other_length.degraded_16k is None  # a VC source is other speech, not the clean speech degraded
+    with pytest.raises(ValueError, match="data.task se"):
+        common.stack_degraded_16k([crop, other_length])
+
+
+def test_denoising_ssl_reads_the_degraded_input_and_predicts_clean_clusters(examples):
+    """Same seed, same crops: denoising changes the encoder input only, the cluster targets stay the clean ones."""
+    rng = np.random.default_rng(1)
+    noisy = [
+        Example("se", e.clean_16k, e.clean_24k, e.clean_16k + 0.1 * rng.standard_normal(len(e.clean_16k)))
+        for e in examples
+    ]
+    batches = {}
+    for denoising in (False, True):
+        torch.manual_seed(0)
+        task = ssl.build({**tiny_options("ssl"), "denoising": denoising})
+        batches[denoising] = next(task.batches(iter(noisy), BATCH))
+    assert torch.equal(batches[False].targets, batches[True].targets)
+    assert not torch.allclose(batches[False].input_features, batches[True].input_features)

@@ -42,6 +42,7 @@ class EvalOptions:
     workers: int = 2
     seed: int = 0
     metrics: tuple[str, ...] | None = None  # None = all (quick: all but WER)
+    per_task: int | None = None  # at most this many items per task, spread over the set (None = all)
 
 
 def load_set(opts: EvalOptions, progress: bool) -> tuple[Path, dict]:
@@ -54,8 +55,19 @@ def load_set(opts: EvalOptions, progress: bool) -> tuple[Path, dict]:
     return root, build_eval_set(root, seed=opts.seed, quick=opts.quick, progress=progress)
 
 
-def pick_items(manifest: dict, quick: bool, tasks: Sequence[str] | None) -> list[dict]:
+def pick_items(manifest: dict, quick: bool, tasks: Sequence[str] | None, per_task: int | None = None) -> list[dict]:
+    """The items to run: ``tasks`` only; ``quick``: the first few per task; ``per_task``: at most N per task,
+    taken at an even stride through the task's items sorted by id (so they spread over its conditions)."""
     items = [item for item in manifest["items"] if tasks is None or item["task"] in tasks]
+    if per_task is not None:
+        if per_task < 1:
+            raise ConfigError(f"--per-task must be at least 1, got {per_task}")
+        picked = []
+        for task in sorted({item["task"] for item in items}):
+            mine = sorted((i for i in items if i["task"] == task), key=lambda i: i["id"])
+            n = min(per_task, len(mine))
+            picked += [mine[k * len(mine) // n] for k in range(n)]
+        items = picked
     if not quick:
         return items
     picked, counts = [], {}
@@ -104,7 +116,7 @@ def run_eval(opts: EvalOptions, progress: bool = True) -> Path:
     started = time.perf_counter()
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     root, manifest = load_set(opts, progress)
-    items = pick_items(manifest, opts.quick, opts.tasks)
+    items = pick_items(manifest, opts.quick, opts.tasks, opts.per_task)
     if not items:
         raise ConfigError("no items to evaluate (check --tasks against the set)")
     tasks = sorted({item["task"] for item in items})
@@ -140,6 +152,7 @@ def run_eval(opts: EvalOptions, progress: bool = True) -> Path:
         "seed": manifest.get("seed"),
         "items": len(items),
         "quick": opts.quick,
+        "per_task": opts.per_task,
         "model_dir": str(opts.model_dir) if opts.model_dir else None,
         "official_architecture": models.official_architecture if models else None,
         "latency_ms": {s.name: s.latency_ms for s in systems},

@@ -50,10 +50,14 @@ def run_device(run: TrainConfig | None) -> torch.device:
 class Crop:
     wav_16k: np.ndarray  # [n_frames * 320] float32
     wav_24k: np.ndarray  # [n_frames * 480] float32
+    degraded_16k: np.ndarray | None = None  # the example's degraded input over the same span (when it has one)
 
 
 def crop_example(example: Example, n_frames: int) -> Crop | None:
-    """A random ``n_frames`` x 20 ms crop of the clean speech at both rates, or None if it is too short."""
+    """A random ``n_frames`` x 20 ms crop of the clean speech at both rates, or None if it is too short.
+
+    The degraded input is cut over the same span when it is as long as the clean speech (se, clean).
+    """
     if np.ndim(example.clean_16k) != 1 or np.ndim(example.clean_24k) != 1:
         raise ValueError(
             f"examples must hold mono waveforms [N]; got clean_16k {np.shape(example.clean_16k)}, "
@@ -64,9 +68,13 @@ def crop_example(example: Example, n_frames: int) -> Crop | None:
         return None
     start = int(torch.randint(0, available - n_frames + 1, ()))
     s16, s24 = start * FRAME_SAMPLES_16K, start * FRAME_SAMPLES_24K
+    span16 = slice(s16, s16 + n_frames * FRAME_SAMPLES_16K)
+    degraded = example.degraded_16k
+    same_length = degraded is not None and np.ndim(degraded) == 1 and len(degraded) == len(example.clean_16k)
     return Crop(
-        np.asarray(example.clean_16k[s16 : s16 + n_frames * FRAME_SAMPLES_16K], dtype=np.float32),
+        np.asarray(example.clean_16k[span16], dtype=np.float32),
         np.asarray(example.clean_24k[s24 : s24 + n_frames * FRAME_SAMPLES_24K], dtype=np.float32),
+        np.asarray(degraded[span16], dtype=np.float32) if same_length else None,
     )
 
 
@@ -96,6 +104,14 @@ def grouped(items: Iterable[C], size: int) -> Iterator[list[C]]:
 
 def stack_16k(group: list[Crop]) -> np.ndarray:
     return np.stack([c.wav_16k for c in group])
+
+
+def stack_degraded_16k(group: list[Crop]) -> np.ndarray:
+    """The degraded inputs of a group; every crop must have one (data.task se, or clean where it equals clean)."""
+    missing = sum(c.degraded_16k is None for c in group)
+    if missing:
+        raise ValueError(f"{missing} of {len(group)} crops have no same-length degraded input (use data.task se)")
+    return np.stack([c.degraded_16k for c in group])
 
 
 def stack_24k(group: list[Crop], device: torch.device) -> torch.Tensor:

@@ -90,6 +90,9 @@ class SslPretrainConfig:
     masking: SpanMasking = field(default_factory=SpanMasking)
     crop_frames: int = 100  # 20 ms frames per crop (2 s), giving crop_frames - 1 SSL frames
     stats_examples: int = 64  # crops kept for the feature statistics of the export
+    # WavLM-style denoising pre-training: the encoder reads the degraded input (data.task se), the cluster targets
+    # come from the clean speech, so the features learn to ignore the noise (what SE/TSE conditioning needs).
+    denoising: bool = False
 
     def __post_init__(self):
         n = self.model.num_layers
@@ -204,11 +207,12 @@ class SslPretrainTask:
             self._prepare(warm)
             stream = itertools.chain(warm, stream)
         for group in common.grouped(stream, batch_size):
-            feats = self._extract(common.stack_16k(group))
+            clean = self._extract(common.stack_16k(group))
+            feats = self._extract(common.stack_degraded_16k(group)) if self.cfg.denoising else clean
             yield SslBatch(
                 feats.input_features,
                 feats.attention_mask,
-                self.targets.assign(self._target_features(feats)),
+                self.targets.assign(self._target_features(clean)),
                 span_mask(len(group), feats.input_features.shape[1], self.cfg.masking).to(self.device),
             )
 
@@ -285,6 +289,8 @@ class SslPretrainTask:
             target_feats = torch.cat([self._target_features(c) for c in chunks])[:n_fit]
             self.targets.fit(target_feats.flatten(0, 1), self.cfg.targets.iters)
             log.info("fitted %d cluster targets on %d frames", self.targets.n_clusters, target_feats.shape[:2].numel())
+        if self.cfg.denoising:  # the statistics describe what the encoder reads
+            chunks = [self._extract(common.stack_degraded_16k(warm[i : i + EXTRACT_CHUNK])) for i in starts]
         for chunk in chunks:
             if not self.bank.full:
                 self.bank.add(chunk.input_features)
