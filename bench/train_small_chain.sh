@@ -3,7 +3,7 @@
 # acoustic codec -> Metis base -> S2A -> one model directory -> SE adapter fine-tuning (before = step 0,
 # after = the trained adapter) -> the evaluation harness on both.
 #
-#   bash bench/train_small_chain.sh                 # short CPU run (about an hour on 2 cores)
+#   bash bench/train_small_chain.sh                 # short CPU run (about 70 min on 2 cores)
 #   STEPS_SCALE=20 DEVICE=cuda bash bench/train_small_chain.sh   # 20x the steps on a GPU
 #
 # Outputs under $OUT (default out/chain): data/, runs/<name>/ (losses.csv, loss_curve.png, export/), models/small,
@@ -32,12 +32,15 @@ run() {  # run NAME CONFIG STEPS [overrides...]
 }
 
 [ -f "$OUT/data/manifest.json" ] || "$M" data build-train --out "$OUT/data" --minutes "$MINUTES" --seed 0 --no-progress
-run ssl configs/train/pretrain_ssl.yaml "$(steps 200)"
-run semantic_codec configs/train/pretrain_semantic_codec.yaml "$(steps 300)" options.ssl_dir="$OUT/runs/ssl/export"
-run acoustic_codec configs/train/pretrain_acoustic_codec.yaml "$(steps 300)"
-run base configs/train/pretrain_base.yaml "$(steps 200)" options.ssl_dir="$OUT/runs/ssl/export" \
+# SSL: denoising masked prediction (input = degraded speech, targets = clusters of the clean speech). Semantic codec:
+# 256 codes (1024 codes on features this young hashed the noise: 1 % clean/noisy token agreement, RESULTS.md).
+run ssl configs/train/pretrain_ssl.yaml "$(steps 300)" options.denoising=true data.task=se
+run semantic_codec configs/train/pretrain_semantic_codec.yaml "$(steps 300)" options.ssl_dir="$OUT/runs/ssl/export" \
+  options.codebook_size=256
+run acoustic_codec configs/train/pretrain_acoustic_codec.yaml "$(steps 600)"
+run base configs/train/pretrain_base.yaml "$(steps 300)" options.ssl_dir="$OUT/runs/ssl/export" \
   options.semantic_codec_dir="$OUT/runs/semantic_codec/export"
-run s2a configs/train/pretrain_s2a.yaml "$(steps 120)" options.ssl_dir="$OUT/runs/ssl/export" \
+run s2a configs/train/pretrain_s2a.yaml "$(steps 150)" options.ssl_dir="$OUT/runs/ssl/export" \
   options.semantic_codec_dir="$OUT/runs/semantic_codec/export" options.acoustic_codec_dir="$OUT/runs/acoustic_codec/export"
 
 "$PY" - "$OUT" <<'EOF'
@@ -54,13 +57,16 @@ EOF
 # Small LoRA (r 8) and 4 s crops for the small base; the two fine-tunings run side by side, one thread each.
 ft="options.model_dir=$OUT/models/small options.lora_r=8 options.lora_alpha=16 options.max_frames=200 loop.batch_size=8 loop.grad_accum=1"
 run se_before configs/train/finetune_se.yaml 1 $ft loop.lr=1.0e-12 loop.warmup_steps=0
-OMP_NUM_THREADS=1 run se_after configs/train/finetune_se.yaml "$(steps 150)" $ft loop.warmup_steps=20 &
-OMP_NUM_THREADS=1 run se_stream configs/train/finetune_se_streaming.yaml "$(steps 150)" $ft loop.warmup_steps=20 &
+OMP_NUM_THREADS=1 run se_after configs/train/finetune_se.yaml "$(steps 300)" $ft loop.lr=1.0e-3 loop.warmup_steps=30 &
+OMP_NUM_THREADS=1 run se_stream configs/train/finetune_se_streaming.yaml "$(steps 300)" $ft loop.lr=1.0e-3 \
+  loop.warmup_steps=30 &
 wait
 
 [ -f "$EVAL_SET/manifest.json" ] || "$M" data build-eval --out "$EVAL_SET" --seed 0
+METRICS=pesq,stoi,si_sdr,speaker_sim,dnsmos_sig,dnsmos_bak,dnsmos_ovrl
 for which in before after stream; do
-  "$M" eval --set "$EVAL_SET" --quick --tasks se --systems unprocessed,metis-offline,metis-stream-240-160 \
+  "$M" eval --set "$EVAL_SET" --per-task "${EVAL_ITEMS:-12}" --metrics "$METRICS" --tasks se \
+    --systems unprocessed,metis-offline,metis-stream-240-160 \
     --model-dir "$OUT/runs/se_$which/export" --out "$OUT/eval_$which" --no-progress
 done
 echo "done: $OUT/eval_{before,after,stream}/report.md"
