@@ -16,7 +16,7 @@ import pytest
 from metis_rt.audio.files import resample
 from metis_rt.data.catalog import HELDOUT_SPEAKERS
 from metis_rt.data.mixing import measure_sir_db, measure_snr_db
-from metis_rt.train import degrade
+from metis_rt.train import degrade, timbre
 from metis_rt.train.corpus import MANIFEST_NAME, STORE_RATE, build_train_set
 from metis_rt.train.data import TrainingExamples, describe
 from metis_rt.train.example import Example
@@ -166,15 +166,67 @@ def test_tse_examples_mix_another_speaker_with_an_enrollment_of_the_target(tiny_
 
 
 def test_vc_and_clean_examples(tiny_set):
-    for ex in TrainingExamples(tiny_set, "vc", seed=0, vc_reference="other-speaker"):
+    for ex in TrainingExamples(tiny_set, "vc", seed=0, vc_reference="other-speaker", vc_timbre=None):
         assert ex.meta["reference_speaker"] != ex.speaker and np.array_equal(ex.degraded_16k, ex.clean_16k)
-    for ex in TrainingExamples(tiny_set, "vc", seed=0):  # the default: self-reconstruction
+    for ex in TrainingExamples(tiny_set, "vc", seed=0):  # the default: self-reconstruction, perturbed timbre
         assert ex.meta["reference_speaker"] == ex.speaker and ex.meta["reference"] != ex.meta["utterance"]
+        assert ex.degraded_16k.shape == ex.clean_16k.shape and not np.allclose(ex.degraded_16k, ex.clean_16k)
+        assert 0.85 <= ex.meta["timbre"]["alpha"] <= 1.18
     for ex in TrainingExamples(tiny_set, "clean", seed=0):
         assert ex.reference_16k is None and np.array_equal(ex.degraded_16k, ex.clean_16k)
 
 
 # ----------------------------------------------------------------------------- degradation (pure)
+def spectral_centroid_hz(x: np.ndarray) -> float:
+    power = np.abs(np.fft.rfft(x)) ** 2
+    return float((np.fft.rfftfreq(x.size, 1 / SR) * power).sum() / power.sum())
+
+
+def frame_energy_db(x: np.ndarray, frame: int = 320) -> np.ndarray:
+    n = x.size // frame
+    return 10 * np.log10(np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-10)
+
+
+def vowel_like(seconds: float = 3.0) -> np.ndarray:
+    """Syllable bursts of a 150 Hz harmonic tone with one formant-like peak at 700 Hz."""
+    t = np.arange(round(seconds * SR)) / SR
+    bursts = (np.sin(2 * np.pi * 2.0 * t) > 0.2).astype(float)
+    harmonics = [np.exp(-(((h * 150 - 700) / 400) ** 2)) * np.sin(2 * np.pi * h * 150 * t) for h in range(1, 40)]
+    return (0.1 * bursts * np.sum(harmonics, axis=0)).astype(np.float32)
+
+
+def pitch_lag(x: np.ndarray) -> int:
+    """Lag (samples) of the autocorrelation peak between 60 and 400 Hz."""
+    seg = x[: SR // 2]
+    ac = np.correlate(seg, seg, mode="full")[seg.size - 1 :]
+    return int(np.argmax(ac[SR // 400 : SR // 60]) + SR // 400)
+
+
+@pytest.mark.parametrize("alpha", [0.85, 1.18])
+def test_timbre_warp_moves_the_spectrum_and_keeps_the_timing(alpha):
+    x = vowel_like()
+    flat = {"alpha": alpha, "eq_centres_hz": [1000.0], "eq_gains_db": [0.0]}
+    y = timbre.apply(x, flat)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.sqrt(np.mean(y**2)) == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-4)
+    ratio = spectral_centroid_hz(y) / spectral_centroid_hz(x)
+    assert (ratio > 1.05) if alpha > 1 else (ratio < 0.96), ratio  # the formant moves with alpha
+    assert np.corrcoef(frame_energy_db(x), frame_energy_db(y))[0, 1] > 0.99  # same syllables at the same times
+    assert pitch_lag(y) == pitch_lag(x)  # the harmonics (the pitch) stay
+    assert np.allclose(timbre.apply(x, {**flat, "alpha": 1.0}), x, atol=1e-4)  # identity warp, flat EQ
+
+
+def test_timbre_draws_are_seeded_and_the_eq_has_the_drawn_gains():
+    cfg = timbre.TimbreConfig()
+    a, b = timbre.draw(np.random.default_rng(3), cfg), timbre.draw(np.random.default_rng(3), cfg)
+    assert a == b and len(a["eq_gains_db"]) == cfg.eq_bands
+    assert timbre.draw(np.random.default_rng(0), timbre.TimbreConfig(prob=0.0)) is None
+    curve = timbre.eq_curve({"eq_centres_hz": [1000.0], "eq_gains_db": [6.0]}, 257)
+    freqs = np.linspace(0, SR / 2, 257)
+    assert 20 * np.log10(curve[np.argmin(abs(freqs - 1000))]) == pytest.approx(6.0, abs=0.1)
+    assert 20 * np.log10(curve[np.argmin(abs(freqs - 6000))]) < 0.5
+
+
 def test_band_limit_clipping_and_reverb_do_what_they_say():
     rng = np.random.default_rng(0)
     clean = speech_like(rng) + 0.02 * rng.standard_normal(3 * SR).astype(np.float32)

@@ -88,6 +88,8 @@ class DataConfig:
     valid: bool = True  # compute a validation loss on the valid split
     segment_s: float = 4.0  # set: clean speech cropped (or zero-padded) to this length
     reference_s: float = 3.0  # set: TSE enrollment / VC voice length
+    vc_reference: str = "same-speaker"  # set, VC: the voice prompt's speaker (same-speaker | other-speaker)
+    vc_timbre_perturbation: bool = True  # set, VC: perturb the source's timbre in the condition (train/timbre.py)
     synthetic_count: int = 4  # examples per epoch (synthetic source)
     synthetic_seconds: float = 1.0
 

@@ -28,15 +28,17 @@ import soundfile as sf
 
 from metis_rt.audio.files import resample
 from metis_rt.data.seeding import rng_for
-from metis_rt.train import degrade
+from metis_rt.train import degrade, timbre
 from metis_rt.train.corpus import MANIFEST_NAME, STORE_RATE
 from metis_rt.train.example import TASKS, Example
 from metis_rt.train.sources import TrainDataError
+from metis_rt.train.timbre import TimbreConfig
 
 SR_16K = 16000
 DEFAULT_SEGMENT_S = 4.0
 DEFAULT_REFERENCE_S = 3.0
 VC_REFERENCES = ("other-speaker", "same-speaker")
+DEFAULT_VC_TIMBRE = TimbreConfig()  # VC examples perturb the source's timbre in the condition (train/timbre.py)
 
 
 class TrainingExamples:
@@ -54,6 +56,7 @@ class TrainingExamples:
         reference_s: float = DEFAULT_REFERENCE_S,
         degradation: degrade.DegradeConfig | None = None,
         vc_reference: str = "same-speaker",
+        vc_timbre: TimbreConfig | None = DEFAULT_VC_TIMBRE,
     ):
         self.set_dir = Path(set_dir)
         self.manifest = read_manifest(self.set_dir)
@@ -65,6 +68,7 @@ class TrainingExamples:
         if vc_reference not in VC_REFERENCES:
             raise ValueError(f"vc_reference must be one of {VC_REFERENCES}, got {vc_reference!r}")
         self.vc_reference = vc_reference
+        self.vc_timbre = vc_timbre  # VC: perturbation of the source's timbre in the condition (None = off)
         self.utterances = [u for u in self.manifest["utterances"] if u["split"] == split]
         self.by_speaker: dict[str, list[int]] = {}
         for i, utt in enumerate(self.utterances):
@@ -102,10 +106,13 @@ class TrainingExamples:
         if task == "tse":
             return self._tse(rng, primary, clean_16k, clean_24k, meta)
         reference = None
+        out = degrade.unchanged(clean_16k)
         if task == "vc":
             pick = self._same_speaker if self.vc_reference == "same-speaker" else self._other_speaker
             reference = self._reference(rng, pick(rng, primary), meta)
-        out = degrade.unchanged(clean_16k)
+            params = timbre.draw(rng, self.vc_timbre) if self.vc_timbre is not None else None
+            if params is not None:
+                out = degrade.Degraded(timbre.apply(clean_16k, params), 1.0, {"timbre": params})
         return self._example(task, utt, clean_16k, clean_24k, out, reference, meta)
 
     def _order(self) -> np.ndarray:

@@ -6,6 +6,7 @@ from metis_rt.errors import ConfigError
 from metis_rt.train.config import DataConfig
 from metis_rt.train.loop import ExamplesFactory, ValidFactory
 from metis_rt.train.synthetic import synthetic_examples
+from metis_rt.train.timbre import TimbreConfig
 
 TRAIN_SPLIT, VALID_SPLIT = "train", "valid"
 SYNTHETIC_VALID_SEED_OFFSET = 1_000_003  # synthetic validation examples differ from the training ones
@@ -36,7 +37,12 @@ def example_feeds(data: DataConfig) -> tuple[ExamplesFactory, ValidFactory | Non
         return train_synthetic, (valid_synthetic if data.valid else None)
     examples = _training_examples()
 
-    lengths = {"segment_s": data.segment_s, "reference_s": data.reference_s}
+    lengths = {
+        "segment_s": data.segment_s,
+        "reference_s": data.reference_s,
+        "vc_reference": data.vc_reference,
+        "vc_timbre": TimbreConfig() if data.vc_timbre_perturbation else None,
+    }
     train_examples = examples(data.set_dir, data.task, seed=data.seed, split=TRAIN_SPLIT, **lengths)
     # opened now so that a set without a valid split fails before training, not at the first validation
     valid_examples = (
