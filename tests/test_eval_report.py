@@ -31,11 +31,13 @@ def test_quick_picks_a_fixed_number_per_task_in_id_order():
     assert len(pick_items({"items": items}, quick=False, tasks=("vc",))) == 10
 
 
-def test_per_task_spreads_its_picks_over_each_tasks_items():
-    items = [{"id": f"{t}{i:02d}", "task": t} for t in ("se", "vc") for i in range(12)]
-    picked = pick_items({"items": items}, quick=False, tasks=None, per_task=4)
-    assert [i["id"] for i in picked] == ["se00", "se03", "se06", "se09", "vc00", "vc03", "vc06", "vc09"]
-    assert len(pick_items({"items": items}, quick=False, tasks=("vc",), per_task=50)) == 12  # fewer than N: all
+def test_per_task_is_a_fixed_sample_of_each_tasks_items():
+    items = [{"id": f"{t}{i:02d}", "task": t} for t in ("se", "vc") for i in range(30)]
+    picked = pick_items({"items": items}, quick=False, tasks=None, per_task=6)
+    assert picked == pick_items({"items": list(reversed(items))}, quick=False, tasks=None, per_task=6)  # same draw
+    se = [int(i["id"][2:]) for i in picked if i["task"] == "se"]
+    assert len(se) == 6 == len(set(se)) and se == sorted(se) and max(se) - min(se) > 10  # not one block
+    assert len(pick_items({"items": items}, quick=False, tasks=("vc",), per_task=50)) == 30  # fewer than N: all
     with pytest.raises(ConfigError, match="per-task"):
         pick_items({"items": items}, quick=False, tasks=None, per_task=0)
 

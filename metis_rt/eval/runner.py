@@ -28,6 +28,7 @@ from metis_rt.eval import systems as sysmod
 log = logging.getLogger(__name__)
 
 QUICK_PER_TASK = {"se": 3, "tse": 1, "vc": 1}  # CI-sized: 5 clips, every system
+PER_TASK_SEED = 0  # --per-task samples
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def load_set(opts: EvalOptions, progress: bool) -> tuple[Path, dict]:
 
 def pick_items(manifest: dict, quick: bool, tasks: Sequence[str] | None, per_task: int | None = None) -> list[dict]:
     """The items to run: ``tasks`` only; ``quick``: the first few per task; ``per_task``: at most N per task,
-    taken at an even stride through the task's items sorted by id (so they spread over its conditions)."""
+    a seeded random sample (the same every run) so that it spreads over the task's conditions."""
     items = [item for item in manifest["items"] if tasks is None or item["task"] in tasks]
     if per_task is not None:
         if per_task < 1:
@@ -65,8 +66,8 @@ def pick_items(manifest: dict, quick: bool, tasks: Sequence[str] | None, per_tas
         picked = []
         for task in sorted({item["task"] for item in items}):
             mine = sorted((i for i in items if i["task"] == task), key=lambda i: i["id"])
-            n = min(per_task, len(mine))
-            picked += [mine[k * len(mine) // n] for k in range(n)]
+            chosen = np.random.default_rng(PER_TASK_SEED).choice(len(mine), min(per_task, len(mine)), replace=False)
+            picked += [mine[k] for k in sorted(chosen)]
         items = picked
     if not quick:
         return items

@@ -20,8 +20,9 @@ without reverb: ``input - target`` is the added noise, at the drawn SNR).
   inference the prompt is another speaker's voice. With a reference of the same speaker (the default,
   ``vc_reference="same-speaker"`` in `data.py`) prompt and target share a voice: the self-reconstruction recipe,
   where the prompt must supply the timbre (as in Metis, the reader perturbs the source's timbre in the condition
-  so the model cannot copy it from there: `metis_rt/train/timbre.py`). With a reference of another speaker (``"other-speaker"``) the
-  stage-1 target keeps the source's voice and the model learns to ignore the prompt's timbre.
+  so the model cannot copy it from there: `metis_rt/train/timbre.py`). With a reference of another speaker
+  (``"other-speaker"``) the stage-1 target keeps the source's voice and the model learns to ignore the prompt's
+  timbre.
   Without the perturbation the input is the source speech itself.
 - clean: the input is the clean speech (pre-training of codecs, SSL, base and S2A models).
 """
