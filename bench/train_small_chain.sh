@@ -26,8 +26,11 @@ run() {  # run NAME CONFIG STEPS [overrides...]
   local every=$(( n / 4 > 0 ? n / 4 : 1 ))
   if [ -e "$OUT/runs/$name/.done" ]; then echo "== $name: done earlier, skipped"; return; fi
   echo "== $name: $n steps"
+  # warmup = a tenth of the run (the run files' warmups, 500-2000 steps, are sized for long runs: left as they are,
+  # a short run never leaves the warmup; the second CPU run did exactly that, see bench/RESULTS.md)
   /usr/bin/time -f "$name: %e s wall" "$M" train "$config" out_dir="$OUT/runs/$name" loop.steps="$n" \
-    loop.valid_every=$every loop.checkpoint_every=$every data.set_dir="$OUT/data" $common "$@"
+    loop.warmup_steps=$(( n / 10 )) loop.valid_every=$every loop.checkpoint_every=$every data.set_dir="$OUT/data" \
+    $common "$@"
   touch "$OUT/runs/$name/.done"
 }
 
