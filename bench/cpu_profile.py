@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -33,7 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from streaming import PARITY, measure, parse_geometry  # noqa: E402
+from streaming import PARITY, machine_info, measure, parse_geometry  # noqa: E402
 
 from metis_rt.config import load_official_config  # noqa: E402
 from metis_rt.pipeline.components import load_components, resolve_config  # noqa: E402
@@ -146,13 +145,7 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         print(model, "parameters:", parameters(comps), flush=True)
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    machine = machine_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(table(rows))

@@ -91,6 +91,18 @@ def measure(processor, official, task, geometry: Geometry, steps: StepsConfig, n
     return times
 
 
+def machine_info(**extra) -> dict:
+    """Where a benchmark ran (stored with its JSON rows)."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        **extra,
+    }
+
+
 def device_is_cuda(processor) -> bool:
     return processor.comps.device.type == "cuda"
 
@@ -143,16 +155,11 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
                     if not row["real_time"] and not args.all_streams:
                         break
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": args.device,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "model": args.model,
-    }
+    machine = machine_info(
+        device=args.device,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        model=args.model,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(table(rows))
