@@ -290,11 +290,11 @@ def test_acoustic_codec_data_init_spreads_the_first_codes_and_runs_once(examples
     assert after >= 2 * before, (before, after)
     snapshot = rvq.quantizers[0].codebook.weight.clone()
     with torch.no_grad():
-        assert not task.data_init.apply(task._encoder_out_conv(), rvq, latent)
+        assert not task.data_init.initialise(task.encoder_out_conv(), rvq, latent)
     assert torch.equal(rvq.quantizers[0].codebook.weight, snapshot)
     # The offsets it set are left out of the optimiser (training them regrows the common direction).
     trainable = {id(p) for p in task.trainable()}
-    assert id(task._encoder_out_conv().bias) not in trainable
+    assert id(task.encoder_out_conv().bias) not in trainable
     assert not any(id(f.in_project.bias) in trainable for f in rvq.quantizers)
 
 
@@ -306,7 +306,7 @@ def test_crops_cut_the_degraded_input_over_the_same_span(examples):
     crop = common.crop_example(noisy, 20)
     np.testing.assert_array_equal(crop.degraded_16k, 2.0 * crop.wav_16k)
     other_length = common.crop_example(Example("vc", ex.clean_16k, ex.clean_24k, ex.clean_16k[:-320]), 20)
-    assert other_length.degraded_16k is None  # a VC source is other speech, not the clean speech degraded
+    assert other_length.degraded_16k is None  # another length: not aligned with the clean speech
     with pytest.raises(ValueError, match="data.task se"):
         common.stack_degraded_16k([crop, other_length])
 

@@ -104,12 +104,13 @@ class AcousticCodecPretrainTask:
         # The offsets DataInit sets from the data stay fixed: trained, they regrow the common direction.
         self._fixed_biases: list[nn.Parameter] = []
         if cfg.data_init:
-            self._fixed_biases = [self._encoder_out_conv().bias]
+            self._fixed_biases = [self.encoder_out_conv().bias]
             self._fixed_biases += [fvq.in_project.bias for fvq in self.decoder.quantizer.quantizers]
         for bias in self._fixed_biases:
             bias.requires_grad_(False)
 
-    def _encoder_out_conv(self) -> nn.Conv1d:
+    def encoder_out_conv(self) -> nn.Conv1d:
+        """The encoder's last convolution (its bias carries the offset DataInit removes)."""
         return [m for m in self.encoder.block if isinstance(m, nn.Conv1d)][-1]
 
     @property
@@ -140,8 +141,8 @@ class AcousticCodecPretrainTask:
         revived = self.revival.revive(self.decoder.quantizer)
         if self.cfg.data_init and not bool(self.data_init.done):
             with torch.no_grad():
-                self.data_init.apply(
-                    self._encoder_out_conv(), self.decoder.quantizer, self.encoder(batch.wav[:, None, :])
+                self.data_init.initialise(
+                    self.encoder_out_conv(), self.decoder.quantizer, self.encoder(batch.wav[:, None, :])
                 )
         latent = self.encoder(batch.wav[:, None, :])
         q = residual_quantize(self.decoder.quantizer, latent, batch.n_active)

@@ -56,7 +56,7 @@ class Crop:
 def crop_example(example: Example, n_frames: int) -> Crop | None:
     """A random ``n_frames`` x 20 ms crop of the clean speech at both rates, or None if it is too short.
 
-    The degraded input is cut over the same span when it is as long as the clean speech (se, clean).
+    The degraded input is cut over the same span when it is as long as the clean speech (se, vc, clean).
     """
     if np.ndim(example.clean_16k) != 1 or np.ndim(example.clean_24k) != 1:
         raise ValueError(

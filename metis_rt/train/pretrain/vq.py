@@ -143,7 +143,7 @@ class DataInit(nn.Module):
         self.register_buffer("done", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def apply(self, out_conv: nn.Conv1d, rvq: ResidualFVQ, latent: torch.Tensor, seed: int = 0) -> bool:
+    def initialise(self, out_conv: nn.Conv1d, rvq: ResidualFVQ, latent: torch.Tensor, seed: int = 0) -> bool:
         """latent [B, D, T] = encoder output for the first batch; returns whether it initialised now."""
         if bool(self.done):
             return False
