@@ -151,6 +151,7 @@ class Connection:
         self.session, self.start, self.session_id, self.stage1 = session, start, sid, family
         self.steps, self.reference, self.voice = steps, reference, start.voice if reference is not None else None
         self.server.engine.add(session)
+        self.server.session_opened(self)  # registered before the client hears of it: MQTT can reach it at once
         await self._event(
             proto.SessionReady(
                 sid,
@@ -162,7 +163,6 @@ class Connection:
                 family,
             )
         )
-        self.server.session_opened(self)
 
     # --- receiving ------------------------------------------------------------------------------
     async def _recv(self):

@@ -37,7 +37,7 @@ def task_switch_refused(current: str, wanted: str) -> proto.ProtocolError:
 
 
 async def open_tts(conn: Connection, start: proto.SessionStart, family: str) -> None:
-    """Prepare the voice (once, on the engine thread), answer ``session.ready`` and register the session."""
+    """Prepare the voice (once, on the engine thread), register the session, then answer ``session.ready``."""
     service = conn.server.tts_service
     synth = service.synthesizer(family, service.settings(start.options))
     language = start.language or proto.DEFAULT_LANGUAGE
@@ -47,10 +47,10 @@ async def open_tts(conn: Connection, start: proto.SessionStart, family: str) -> 
     sid = conn.server.new_session_id()
     conn.tts = TtsSession(service, synth, voice, language, start.format, start.output_sample_rate, conn.out)
     conn.start, conn.session_id, conn.stage1, conn.voice = start, sid, family, start.voice
+    conn.server.session_opened(conn)  # registered before the client hears of it: MQTT can reach it at once
     await conn._event(
         proto.TtsReady(sid, start.output_sample_rate, start.format, language, start.voice, service.max_pending, family)
     )
-    conn.server.session_opened(conn)
 
 
 async def handle(conn: Connection, message: proto.ClientMessage, received: float) -> bool:
