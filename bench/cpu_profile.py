@@ -89,21 +89,13 @@ def load(model: str):
 
 
 def parameters(comps) -> dict[str, int]:
-    """Parameter counts per component (modules held directly or one attribute down, e.g. the SSL wrapper)."""
+    """Parameter counts per component (stage 1: every loaded variant)."""
 
-    def count(obj) -> int:
-        if isinstance(obj, torch.nn.Module):
-            return sum(p.numel() for p in obj.parameters())
-        if isinstance(obj, dict):
-            return sum(count(v) for v in obj.values())
-        return (
-            sum(count(v) for v in vars(obj).values() if isinstance(v, torch.nn.Module))
-            if hasattr(obj, "__dict__")
-            else 0
-        )
+    def count(*modules: torch.nn.Module) -> int:
+        return sum(p.numel() for m in modules for p in m.parameters())
 
-    names = ("ssl", "semantic_codec", "stage1", "s2a_1layer", "s2a_full", "acoustic_codec")
-    return {name: count(getattr(comps, name)) for name in names}
+    names = ("ssl", "semantic_codec", "s2a_1layer", "s2a_full", "acoustic_codec")
+    return {"stage1": count(*comps.stage1.values()), **{name: count(getattr(comps, name)) for name in names}}
 
 
 def main() -> None:

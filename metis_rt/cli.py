@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, required=True, help="report folder (report.md, clips.csv, PNG plots, audio/)")
     ev.add_argument("--set", dest="set_dir", type=Path, help="an evaluation set folder (default: build one in OUT/set)")
     ev.add_argument("--quick", action="store_true", help="a small subset of items and no WER (CI-sized)")
-    ev.add_argument("--per-task", type=int, help="at most N items per task, spread evenly over the set")
+    ev.add_argument("--per-task", type=int, help="at most N items per task: a fixed seeded sample")
     ev.add_argument("--model-dir", type=Path, help="add the metis-* systems (offline + streaming) from this folder")
     ev.add_argument("--systems", help="comma-separated systems (default: all usable)")
     ev.add_argument("--tasks", type=_tasks, help="only these tasks (default: every task in the set)")

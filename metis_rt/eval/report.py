@@ -205,7 +205,7 @@ def write_report(
     lines += [
         f"- set: `{info['set']}` (seed {info['seed']}), {info['items']} item(s)"
         + (" — quick subset" if info["quick"] else "")
-        + (f" — at most {info['per_task']} per task, spread over the set" if info.get("per_task") else ""),
+        + (f" — at most {info['per_task']} per task (fixed seeded sample)" if info.get("per_task") else ""),
         f"- wall time: {info['wall_s']} s; mean processing time per clip: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in info["seconds_per_clip"].items()),
         "- cells: mean ± 95 % CI of the mean (clips where defined); ↑ higher is better, ↓ lower is better",

@@ -43,7 +43,7 @@ class EvalOptions:
     workers: int = 2
     seed: int = 0
     metrics: tuple[str, ...] | None = None  # None = all (quick: all but WER)
-    per_task: int | None = None  # at most this many items per task, spread over the set (None = all)
+    per_task: int | None = None  # at most this many items per task, a seeded sample (None = all)
 
 
 def load_set(opts: EvalOptions, progress: bool) -> tuple[Path, dict]:

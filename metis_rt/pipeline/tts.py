@@ -121,17 +121,12 @@ class TtsSynthesizer:
             raise TextInputError("the voice prompt needs its transcript (the words spoken in it)")
         _, ids = self.tokenizer.g2p(prompt_text, language)  # a bad transcript fails now, not at the first sentence
         semantic, acoustic = self.pipeline.voice_prompt(prompt_16k, prompt_24k)
-        return TtsVoice(semantic, acoustic, prompt_text, language, torch.tensor([ids], dtype=torch.long))
-
-    def _phone_ids(self, voice: TtsVoice, text: str, language: str) -> torch.Tensor:
-        """The voice transcript's ids then ``text``'s (no separator), as ``Metis.tokenizer``."""
-        _, ids = self.tokenizer.g2p(text, language)
-        return torch.cat([voice.phone_ids, torch.tensor([ids], dtype=torch.long)], dim=1)
+        return TtsVoice(semantic, acoustic, prompt_text, language, torch.tensor([ids], dtype=torch.int64))
 
     def utterance(self, voice: TtsVoice, text: str, noise: NoiseSource, language: str | None = None) -> PipelineResult:
         """The whole ``text`` in one stage-1 call (the reference's ``Metis.__call__`` for TTS)."""
         _check_text(text)
-        phone_ids = self._phone_ids(voice, text, language or voice.language)
+        phone_ids = self.tokenizer.phone_ids_after(voice.phone_ids, text, language or voice.language).phone_ids
         target_len = target_length(voice.semantic_ids.shape[1], text, voice.text)
         return self.pipeline.tts(voice.prompt, phone_ids, target_len, self.settings, noise, self.variant)
 
@@ -146,7 +141,7 @@ class TtsSynthesizer:
         _check_text(text)
         language = language or voice.language
         pieces = split_text(text)
-        tokens = [self._phone_ids(voice, piece, language) for piece in pieces]
+        tokens = [self.tokenizer.phone_ids_after(voice.phone_ids, piece, language).phone_ids for piece in pieces]
         for piece, phone_ids in zip(pieces, tokens, strict=True):
             target_len = target_length(voice.semantic_ids.shape[1], piece, voice.text)
             if target_len <= 0:

@@ -92,6 +92,10 @@ class PhoneTokenizer:
     ) -> TokenizedText:
         """Ids of ``prompt_text`` then ``text`` (no separator between them), as ``Metis.tokenizer`` builds them."""
         prompt_ids = torch.tensor([self.g2p(prompt_text, prompt_language)[1]], dtype=torch.int64)
+        return self.phone_ids_after(prompt_ids, text, language)
+
+    def phone_ids_after(self, prompt_ids: torch.Tensor, text: str, language: str = "en") -> TokenizedText:
+        """:meth:`phone_ids` with the prompt already phonemised (``prompt_ids`` [1, P], e.g. a voice's, kept)."""
         target_ids = torch.tensor([self.g2p(text, language)[1]], dtype=torch.int64)
         return TokenizedText(
             phone_ids=torch.cat([prompt_ids, target_ids], dim=1),

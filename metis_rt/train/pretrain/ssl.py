@@ -282,16 +282,22 @@ class SslPretrainTask:
 
     def _prepare(self, warm: list[common.Crop]) -> None:
         """Fit the cluster targets and fill the statistics bank from the first crops."""
-        starts = range(0, len(warm), EXTRACT_CHUNK)
-        chunks = [self._extract(common.stack_16k(warm[i : i + EXTRACT_CHUNK])) for i in starts]
+
+        def extract(stack) -> list[ExtractorOutput]:
+            return [self._extract(stack(warm[i : i + EXTRACT_CHUNK])) for i in range(0, len(warm), EXTRACT_CHUNK)]
+
+        clean = None
         if not bool(self.targets.fitted):
+            clean = extract(common.stack_16k)
             n_fit = self.cfg.targets.fit_examples
-            target_feats = torch.cat([self._target_features(c) for c in chunks])[:n_fit]
+            target_feats = torch.cat([self._target_features(c) for c in clean])[:n_fit]
             self.targets.fit(target_feats.flatten(0, 1), self.cfg.targets.iters)
             log.info("fitted %d cluster targets on %d frames", self.targets.n_clusters, target_feats.shape[:2].numel())
-        if self.cfg.denoising:  # the statistics describe what the encoder reads
-            chunks = [self._extract(common.stack_degraded_16k(warm[i : i + EXTRACT_CHUNK])) for i in starts]
-        for chunk in chunks:
+        if self.bank.full:
+            return
+        # the statistics describe what the encoder reads: the degraded input when denoising
+        inputs = extract(common.stack_degraded_16k) if self.cfg.denoising else clean or extract(common.stack_16k)
+        for chunk in inputs:
             if not self.bank.full:
                 self.bank.add(chunk.input_features)
 
