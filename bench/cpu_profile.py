@@ -2,15 +2,17 @@
 
 For each model x geometry x decoding-steps setting, one SE session is fed chunk by chunk and the engine runs one
 step per chunk (as ``bench/streaming.py`` does for one stream); the window processor's four stages are timed
-separately: w2v-BERT features, stage 1 (masked generative decoding of semantic tokens), S2A (semantic to 12-layer
-acoustic tokens) and the codec decoder (Vocos + iSTFT). Steady-state hops only (left context full).
+separately: w2v-BERT features, stage 1 (masked generative decoding of semantic tokens), S2A (semantic to
+acoustic tokens, one layer per codebook) and the codec decoder (Vocos + iSTFT). Steady-state hops only (left
+context full).
 RTF = hop compute / chunk duration; real time needs RTF < 1, issue 8 asks for <= 0.5 at <= 300 ms latency.
 
   python bench/cpu_profile.py --models tiny,dir:out/chain2/models/small \\
       --geometries 240/160/1600,160/80/960,160/80/480 --steps 4:8,4,1 --steps 2:4,2,1 --steps 1:1,1,1
 
 ``--steps S1:A,B,C``: S1 stage-1 steps; S2A steps A for the 1-layer model, B for layer 1 of the full model and C
-for every later layer. Writes JSON (``--out``) and prints a markdown table. Record results in bench/RESULTS.md.
+for every later layer (default: the model directory's streaming steps, configs/streaming.yaml < metis-rt.yaml).
+Writes JSON (``--out``) and prints a markdown table. Record results in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from streaming import PARITY, machine_info, measure, parse_geometry  # noqa: E402
 
-from metis_rt.config import load_official_config  # noqa: E402
+from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for  # noqa: E402
 from metis_rt.pipeline.components import load_components, resolve_config  # noqa: E402
 from metis_rt.streaming.config import StepsConfig  # noqa: E402
 from metis_rt.streaming.geometry import Geometry  # noqa: E402
@@ -70,22 +72,25 @@ class TimedProcessor(MetisWindowProcessor):
         return self._timed("decode", super()._decode, jobs, acoustic)
 
 
-def parse_steps(text: str) -> StepsConfig:
-    """'S1:A,B,C' -> StepsConfig(stage1=S1, s2a=(A, B, C, C, ... 12 layers))."""
+def parse_steps(text: str, layers: int) -> StepsConfig:
+    """'S1:A,B,C' -> StepsConfig(stage1=S1, s2a=(A, B, C, C, ... one per codebook layer))."""
     stage1, rest = text.split(":")
     a, b, c = (int(v) for v in rest.split(","))
-    return StepsConfig(stage1=int(stage1), s2a=(a, b) + (c,) * 10)
+    return StepsConfig(stage1=int(stage1), s2a=(a, b) + (c,) * (layers - 2))
 
 
 def load(model: str):
+    """(components, decoding settings, streaming settings) of a model directory (its metis-rt.yaml applied)."""
     if model == "tiny":
         model_dir = PARITY / TASK
     elif model.startswith("dir:"):
         model_dir = Path(model[4:])
     else:
         raise SystemExit(f"--models: 'tiny' or 'dir:PATH', got {model!r}")
-    cfg, official = resolve_config(model_dir, TASK)
-    return load_components(model_dir, [TASK], cfg), official or load_official_config()
+    official, stream_cfg = load_official_for(model_dir), load_stream_config_for(model_dir)
+    cfg, _ = resolve_config(model_dir, TASK, official)
+    check_codebooks(model_dir, cfg, [TASK], official, stream_cfg)
+    return load_components(model_dir, [TASK], cfg), official, stream_cfg
 
 
 def parameters(comps) -> dict[str, int]:
@@ -102,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="tiny")
     ap.add_argument("--geometries", default="240/160/1600,160/80/960,160/80/480")
-    ap.add_argument("--steps", action="append", help="S1:A,B,C (repeatable; default: the streaming defaults)")
+    ap.add_argument("--steps", action="append", help="S1:A,B,C (repeatable; default: the model's streaming steps)")
     ap.add_argument("--hops", type=int, default=8, help="measured steady-state hops per point")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cpu_profile.json")
@@ -111,10 +116,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     speech, _ = sf.read(REPO / "examples" / "speech_noisy.wav", dtype="float32")
     speech = np.tile(speech, 8)
-    steps_list = [parse_steps(s) for s in (args.steps or ["4:8,4,1"])]
     rows = []
     for model in args.models.split(","):
-        comps, official = load(model)
+        comps, official, stream_cfg = load(model)
+        layers = comps.cfg.codec_decoder.num_quantizers
+        steps_list = [parse_steps(s, layers) for s in args.steps] if args.steps else [stream_cfg.steps_for(TASK)]
         for text in args.geometries.split(","):
             geometry = Geometry.from_config(parse_geometry(text))
             chunk_ms = geometry.chunk * 20

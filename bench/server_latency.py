@@ -29,20 +29,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for  # noqa: E402
 from metis_rt.pipeline.components import load_components, resolve_config_for_tasks  # noqa: E402
 from metis_rt.server.app import MetisServer  # noqa: E402
 from metis_rt.server.config import ServerConfig  # noqa: E402
-from metis_rt.streaming.config import load_stream_config  # noqa: E402
 from metis_rt.streaming.processor import MetisWindowProcessor  # noqa: E402
 
 RATE, PACKET = 16000, 320
 
 
 def start_server(model_dir: Path, task: str) -> tuple[MetisServer, int]:
-    cfg, official = resolve_config_for_tasks(model_dir, [task])
+    official, stream_cfg = load_official_for(model_dir), load_stream_config_for(model_dir)
+    cfg, _ = resolve_config_for_tasks(model_dir, [task], official)
+    check_codebooks(model_dir, cfg, [task], official, stream_cfg)
     processor = MetisWindowProcessor(load_components(model_dir, [task], cfg))
     server = MetisServer(
-        processor, official, load_stream_config(), dataclasses.replace(ServerConfig(), max_sessions=64), tasks=(task,)
+        processor, official, stream_cfg, dataclasses.replace(ServerConfig(), max_sessions=64), tasks=(task,)
     )
     ready = threading.Event()
     threading.Thread(

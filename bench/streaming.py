@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from metis_rt.audio.files import resample  # noqa: E402
 from metis_rt.config import ModelConfig, load_official_config  # noqa: E402
+from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for  # noqa: E402
 from metis_rt.pipeline.components import load_components, parse_dtype, random_components, resolve_config  # noqa: E402
 from metis_rt.streaming.config import EngineConfig, StepsConfig, load_stream_config, stream_decoding  # noqa: E402
 from metis_rt.streaming.engine import Engine  # noqa: E402
@@ -55,10 +56,15 @@ def parse_geometry(text: str) -> GeometryConfig:
 
 
 def components(model: str, task: str, dtype: torch.dtype, device: str):
+    """(components, decoding settings, streaming settings); a model directory's metis-rt.yaml applies."""
     if model == "tiny":
-        cfg, official = resolve_config(PARITY / task, task)
-        return load_components(PARITY / task, [task], cfg, dtype=dtype, device=device), official
-    return random_components(ModelConfig(), [task], dtype=dtype, device=device), load_official_config()
+        model_dir = PARITY / task
+        official, stream_cfg = load_official_for(model_dir), load_stream_config_for(model_dir)
+        cfg, _ = resolve_config(model_dir, task, official)
+        check_codebooks(model_dir, cfg, [task], official, stream_cfg)
+        return load_components(model_dir, [task], cfg, dtype=dtype, device=device), official, stream_cfg
+    comps = random_components(ModelConfig(), [task], dtype=dtype, device=device)
+    return comps, load_official_config(), load_stream_config()
 
 
 def measure(processor, official, task, geometry: Geometry, steps: StepsConfig, n: int, hops: int, speech, ref):
@@ -124,11 +130,10 @@ def main() -> None:
     speech = np.tile(speech, 8)
     ref16, _ = sf.read(REPO / "examples" / "reference.wav", dtype="float32")
     ref24 = resample(ref16, 16000, 24000).astype(np.float32)
-    stream_cfg = load_stream_config()
     rows = []
     for task in args.tasks.split(","):
         for dtype_name in args.dtypes.split(","):
-            comps, official = components(args.model, task, parse_dtype(dtype_name), args.device)
+            comps, official, stream_cfg = components(args.model, task, parse_dtype(dtype_name), args.device)
             processor = MetisWindowProcessor(comps)
             ref = processor.prepare_reference(ref16, ref24) if task in ("tse", "vc") else None
             for text in args.geometries.split(","):

@@ -15,7 +15,6 @@ from metis_rt.config import (
     GENERATIVE_TASKS,
     STAGE1_FAMILIES,
     TASKS,
-    load_official_config,
     stage1_variant,
 )
 from metis_rt.errors import ConfigError, MetisError
@@ -106,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage1-steps", type=int, help="stage-1 decoding steps (official: se/tse 10, vc 20)")
     p.add_argument("--cfg", type=float, help="stage-1 classifier-free guidance (official: se/tse 0, vc 1.0)")
     p.add_argument("--temperature", type=float, help="stage-1 sampling temperature (official 0.9)")
-    p.add_argument("--s2a-steps", type=_int_list, help="12 comma-separated S2A steps per layer (official 40,16,1,...)")
+    p.add_argument(
+        "--s2a-steps", type=_int_list, help="S2A steps, one per acoustic codebook layer (official 12: 40,16,1,...)"
+    )
     p.add_argument("--s2a-cfg", type=float, help="S2A full-model guidance (official 2.5)")
     p.add_argument("--s2a-temperature", type=float, help="S2A sampling temperature (official 1.5)")
     p.add_argument(
@@ -194,9 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _official(args):
+    """--config (default configs/metis.yaml) < the model directory's metis-rt.yaml < --set."""
     from metis_rt.config import OFFICIAL_MODEL_CONFIG
+    from metis_rt.model_settings import load_official_for
 
-    return load_official_config(args.config or OFFICIAL_MODEL_CONFIG, args.overrides)
+    return load_official_for(_model_dir(args), args.config or OFFICIAL_MODEL_CONFIG, args.overrides)
 
 
 def _model_dir(args) -> Path:
@@ -224,6 +227,7 @@ def _device(name: str) -> torch.device:
 
 def cmd_process(args) -> int:
     from metis_rt.audio.files import write_audio
+    from metis_rt.model_settings import check_codebooks
     from metis_rt.models.hub import check_model_dir
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config
     from metis_rt.pipeline.offline import OUTPUT_SAMPLE_RATE, MetisPipeline
@@ -246,6 +250,7 @@ def cmd_process(args) -> int:
     model_dir, device, dtype = _model_dir(args), _device(args.device), parse_dtype(args.dtype)
     output = check_output_path(args.output)
     cfg, official = resolve_config(model_dir, args.task, _official(args))
+    check_codebooks(model_dir, cfg, [args.task], official)
     overrides = DecodingOverrides(
         args.stage1_steps, args.cfg, args.temperature, args.s2a_steps, args.s2a_cfg, args.s2a_temperature
     )
@@ -276,6 +281,7 @@ def cmd_process(args) -> int:
 def cmd_generate(args) -> int:
     """``process --task tts|l2s``: inputs checked first, then the models loaded, then one run."""
     from metis_rt.audio.files import write_audio
+    from metis_rt.model_settings import check_codebooks
     from metis_rt.models.hub import check_model_dir
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config
     from metis_rt.pipeline.generative import read_text, read_voice, run_l2s, run_tts
@@ -292,6 +298,7 @@ def cmd_generate(args) -> int:
         raise ConfigError(f"task {args.task!r} needs --reference: a few seconds of the voice to speak in")
     variant = stage1_variant(args.task, args.stage1)
     cfg, official = resolve_config(model_dir, variant, _official(args))
+    check_codebooks(model_dir, cfg, [args.task], official)
     overrides = DecodingOverrides(
         args.stage1_steps, args.cfg, args.temperature, args.s2a_steps, args.s2a_cfg, args.s2a_temperature
     )
@@ -343,11 +350,13 @@ def cmd_generate(args) -> int:
 
 
 def _stream_config(args):
+    """--stream-config (default configs/streaming.yaml) < the model directory's metis-rt.yaml < the options."""
     import dataclasses
 
-    from metis_rt.streaming.config import STREAMING_CONFIG, StepsConfig, load_stream_config
+    from metis_rt.model_settings import load_stream_config_for
+    from metis_rt.streaming.config import STREAMING_CONFIG, StepsConfig
 
-    cfg = load_stream_config(args.stream_config or STREAMING_CONFIG)
+    cfg = load_stream_config_for(_model_dir(args), args.stream_config or STREAMING_CONFIG)
     sizes = {
         name: getattr(args, name)
         for name in (
@@ -368,6 +377,7 @@ def _stream_config(args):
 
 def cmd_process_stream(args) -> int:
     from metis_rt.audio.files import load_for_model, read_audio, to_mono, validate_speech, write_audio
+    from metis_rt.model_settings import check_codebooks
     from metis_rt.models.hub import check_model_dir
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config
     from metis_rt.pipeline.process import check_output_path
@@ -386,6 +396,7 @@ def cmd_process_stream(args) -> int:
     except ValueError as exc:
         raise ConfigError(f"stream geometry: {exc}") from None
     cfg, official = resolve_config(model_dir, args.task, _official(args))
+    check_codebooks(model_dir, cfg, [args.task], official, stream_cfg)
     settings = stream_decoding(official, args.task, stream_cfg.steps_for(args.task))
     samples, rate = read_audio(args.input)
     wav = to_mono(samples)

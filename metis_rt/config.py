@@ -267,6 +267,19 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in, mapping by mapping (anything else in ``update`` replaces); inputs untouched.
+
+    The result may share unchanged sub-mappings with the inputs (YAML anchors too): copy before mutating it."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (value parsed as YAML) to nested plain data, returning a copy."""
     out = json.loads(json.dumps(data))

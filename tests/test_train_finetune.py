@@ -19,6 +19,7 @@ from torch import nn
 
 from metis_rt.config import LoraConfig
 from metis_rt.errors import ConfigError, MetisError
+from metis_rt.model_settings import MODEL_SETTINGS, load_stream_config_for
 from metis_rt.models.lora import is_lora_key
 from metis_rt.models.stage1 import Stage1Inputs
 from metis_rt.models.stage1_loading import load_stage1
@@ -37,6 +38,7 @@ from metis_rt.train.config import (
 from metis_rt.train.corpus import build_train_set
 from metis_rt.train.curves import read_csv
 from metis_rt.train.example import Example
+from metis_rt.train.export import export_task_model
 from metis_rt.train.feeds import example_feeds
 from metis_rt.train.finetune import AdapterFinetune
 from metis_rt.train.loop import TrainingError, make_optimizer, train, train_step, trainable_params
@@ -243,6 +245,21 @@ def test_export_reloads_through_the_normal_loader(trained, tmp_path):
     torch.testing.assert_close(stage1_logits(served), stage1_logits(task.model), **FP32)
     comps = load_components(tmp_path, ["se"], cfg)  # every serving file is linked
     torch.testing.assert_close(stage1_logits(comps.stage1["se"]), stage1_logits(task.model), **FP32)
+
+
+def test_export_carries_the_base_models_own_settings(trained, combined_model_dir, tmp_path):
+    """A base directory with a metis-rt.yaml (e.g. the compact sizes) exports task models that use it too."""
+    base = tmp_path / "base"
+    base.mkdir()
+    for entry in combined_model_dir.iterdir():
+        (base / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    (base / MODEL_SETTINGS).write_text("streaming:\n  steps:\n    se: {stage1: 3}\n")
+    task = trained[0]
+    out = tmp_path / "export"
+    written = export_task_model(task.model, "se", LoraConfig(R, ALPHA), base, out, task.cfg)
+    assert out / MODEL_SETTINGS in written
+    assert load_stream_config_for(out).steps_for("se").stage1 == 3
+    assert load_stream_config_for(combined_model_dir).steps_for("se").stage1 != 3  # not merely the default
 
 
 def test_official_init_reproduces_the_released_model(combined_model_dir):

@@ -157,30 +157,31 @@ def local_factory(args, settings: BridgeSettings, rate: int, processor=None):
     import torch
 
     from metis_rt.audio.files import load_for_model
-    from metis_rt.config import OFFICIAL_MODEL_CONFIG, load_official_config
+    from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for
+    from metis_rt.models.hub import check_model_dir, default_model_dir
     from metis_rt.server.voices import VoiceLibrary
-    from metis_rt.streaming.config import STREAMING_CONFIG, load_stream_config
+    from metis_rt.streaming.config import STREAMING_CONFIG
     from metis_rt.streaming.geometry import CODEC_RATE, SSL_RATE
 
     tasks = [t.strip() for t in (args.tasks or args.task).split(",") if t.strip()]
     if set(tasks) - set(TASKS) or args.task not in tasks:
         raise ConfigError(f"--tasks must name some of {', '.join(TASKS)} including --task {args.task}")
-    official = load_official_config(OFFICIAL_MODEL_CONFIG)
-    stream_cfg = load_stream_config(args.stream_config or STREAMING_CONFIG)
+    model_dir = (args.model_dir or default_model_dir()).expanduser()
+    official = load_official_for(model_dir)  # configs/metis.yaml < the model directory's metis-rt.yaml
+    stream_cfg = load_stream_config_for(model_dir, args.stream_config or STREAMING_CONFIG)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     if processor is None:
-        from metis_rt.models.hub import check_model_dir, default_model_dir
         from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config_for_tasks
         from metis_rt.streaming.processor import MetisWindowProcessor
 
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: no CUDA device available")
-        model_dir = (args.model_dir or default_model_dir()).expanduser()
         cfg, _ = resolve_config_for_tasks(model_dir, tasks, official)
+        check_codebooks(model_dir, cfg, tasks, official, stream_cfg)
         check_model_dir(model_dir, tasks, cfg)
         comps = load_components(model_dir, tasks, cfg, dtype=parse_dtype(args.dtype), device=device)
         processor = MetisWindowProcessor(comps)

@@ -69,14 +69,17 @@ class MetisModels:
     """One model directory loaded once for every task it holds, shared by the offline and streaming systems."""
 
     def __init__(self, model_dir: Path, tasks: Sequence[str], device: str = "cpu", deterministic: bool = True):
-        from metis_rt.config import OFFICIAL_MODEL_CONFIG, load_official_config
+        from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for
         from metis_rt.models.hub import check_model_dir
         from metis_rt.pipeline.components import load_components, resolve_config_for_tasks
 
         self.model_dir, self.tasks, self.deterministic = Path(model_dir), tuple(tasks), deterministic
         self.device = torch.device(device)
-        self.official = load_official_config(OFFICIAL_MODEL_CONFIG)
+        # the configs/*.yaml defaults < the model directory's metis-rt.yaml
+        self.official = load_official_for(self.model_dir)
+        self.stream_cfg = load_stream_config_for(self.model_dir)
         self.cfg, _ = resolve_config_for_tasks(self.model_dir, list(self.tasks), self.official)
+        check_codebooks(self.model_dir, self.cfg, self.tasks, self.official, self.stream_cfg)
         check_model_dir(self.model_dir, list(self.tasks), self.cfg)
         self.comps = load_components(self.model_dir, list(self.tasks), self.cfg, device=self.device)
 
@@ -101,14 +104,14 @@ class MetisModels:
         return System("metis-offline", self.tasks, None, run)
 
     def streaming(self, chunk_ms: int, lookahead_ms: int) -> System:
-        from metis_rt.streaming.config import STREAMING_CONFIG, load_stream_config, stream_decoding
+        from metis_rt.streaming.config import stream_decoding
         from metis_rt.streaming.engine import Engine
         from metis_rt.streaming.geometry import CODEC_RATE, SSL_RATE, Geometry
         from metis_rt.streaming.processor import MetisWindowProcessor
         from metis_rt.streaming.session import SessionSpec, StreamSession
         from metis_rt.streaming.simulate import simulate
 
-        stream_cfg = load_stream_config(STREAMING_CONFIG)
+        stream_cfg = self.stream_cfg
         try:
             geometry_cfg = dataclasses.replace(stream_cfg.geometry, chunk_ms=chunk_ms, lookahead_ms=lookahead_ms)
             geometry = Geometry.from_config(geometry_cfg)

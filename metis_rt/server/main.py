@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from metis_rt.config import OFFICIAL_MODEL_CONFIG, STAGE1_FAMILIES, TASKS, load_official_config
+from metis_rt.config import STAGE1_FAMILIES, TASKS
 from metis_rt.errors import ConfigError, MetisError
 
 log = logging.getLogger("metis_rt.server")
@@ -121,21 +121,24 @@ def mqtt_password() -> str | None:
 def build_server(args):
     import torch
 
+    from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for
     from metis_rt.models.hub import check_model_dir, default_model_dir
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config, resolve_config_for_tasks
     from metis_rt.server.app import MetisServer
-    from metis_rt.streaming.config import STREAMING_CONFIG, load_stream_config
+    from metis_rt.streaming.config import STREAMING_CONFIG
     from metis_rt.streaming.processor import MetisWindowProcessor
 
     tasks, families, variants = plan_models(args.tasks, args.stage1)
     server_cfg = server_config(args)  # before the models load: a bad broker URL fails at once
     model_dir = (args.model_dir or default_model_dir()).expanduser()
-    official = load_official_config(OFFICIAL_MODEL_CONFIG)
+    official = load_official_for(model_dir)  # configs/metis.yaml < the model directory's metis-rt.yaml
+    stream_cfg = load_stream_config_for(model_dir, args.stream_config or STREAMING_CONFIG)
     lora_tasks = [v for v in variants if v in TASKS]  # each a LoRA over metis_base: its rank names its files
     if lora_tasks:
         cfg, _ = resolve_config_for_tasks(model_dir, lora_tasks, official)
     else:
         cfg, _ = resolve_config(model_dir, variants[0], official)
+    check_codebooks(model_dir, cfg, tasks, official, stream_cfg)
     check_model_dir(model_dir, variants, cfg)  # exactly the files of these stage-1 models, before any loading
     tokenizer = None
     if "tts" in tasks:
@@ -151,7 +154,6 @@ def build_server(args):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device available")
     comps = load_components(model_dir, variants, cfg, dtype=parse_dtype(args.dtype), device=device)
-    stream_cfg = load_stream_config(args.stream_config or STREAMING_CONFIG)
     return MetisServer(
         MetisWindowProcessor(comps),
         official,

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from metis_rt.config import LoraConfig, ModelConfig
 from metis_rt.errors import CheckpointError
+from metis_rt.model_settings import MODEL_SETTINGS
 from metis_rt.models.checkpoints import check_layout
 from metis_rt.models.lora import LORA_FILE_PREFIX, lora_parameters
 from metis_rt.models.ssl import STATS_FILE, W2V_DIR
@@ -132,6 +133,8 @@ def export_task_model(
     elif (out / AMPHION_CONFIG).is_file():  # left by an earlier export with other LoRA settings
         (out / AMPHION_CONFIG).unlink()
     written += link_base(base, out, serving_entries(task, cfg))
+    if (base / MODEL_SETTINGS).is_file():  # the base model's own decoding/streaming settings serve its tasks too
+        written += link_base(base, out, [MODEL_SETTINGS])
     details = {"task": task, "lora_r": lora.r, "lora_alpha": lora.alpha, "base_model_dir": str(base.resolve())}
     (out / EXPORT_INFO).write_text(json.dumps({**details, **(info or {})}, indent=2) + "\n")
     written.append(out / EXPORT_INFO)

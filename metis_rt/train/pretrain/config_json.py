@@ -27,21 +27,12 @@ from metis_rt.config import (
     S2AConfig,
     SemanticCodecConfig,
     Stage1Config,
+    deep_merge,
 )
 from metis_rt.errors import ConfigError
 from metis_rt.pipeline.components import AMPHION_CONFIG, resolve_config
 
 SSL_SECTION = "ssl"
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def update_config_json(model_dir: Path, section: Mapping[str, Any]) -> Path:
