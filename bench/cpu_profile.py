@@ -1,10 +1,10 @@
 """Where one streaming hop spends its time, stage by stage, for one stream on the CPU.
 
-For each model x geometry x decoding-steps setting, one SE session is fed chunk by chunk and the engine runs one
-step per chunk (as ``bench/streaming.py`` does for one stream); the window processor's four stages are timed
-separately: w2v-BERT features, stage 1 (masked generative decoding of semantic tokens), S2A (semantic to
-acoustic tokens, one layer per codebook) and the codec decoder (Vocos + iSTFT). Steady-state hops only (left
-context full).
+For each model x geometry x decoding-steps setting, one session of ``--task`` (SE by default; TSE and VC with
+examples/reference.wav as the reference) is fed chunk by chunk and the engine runs one step per chunk (as
+``bench/streaming.py`` does for one stream); the window processor's four stages are timed separately: w2v-BERT
+features, stage 1 (masked generative decoding of semantic tokens), S2A (semantic to acoustic tokens, one layer per
+codebook) and the codec decoder (Vocos + iSTFT). Steady-state hops only (left context full).
 RTF = hop compute / chunk duration; real time needs RTF < 1, issue 8 asks for <= 0.5 at <= 300 ms latency.
 
   python bench/cpu_profile.py --models tiny,dir:out/chain2/models/small \\
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ from metis_rt.streaming.geometry import Geometry  # noqa: E402
 from metis_rt.streaming.processor import MetisWindowProcessor  # noqa: E402
 
 STAGES = ("features", "stage1", "s2a", "decode")
-TASK = "se"
+TASKS = ("se", "tse", "vc")
 
 
 class TimedProcessor(MetisWindowProcessor):
@@ -79,18 +80,18 @@ def parse_steps(text: str, layers: int) -> StepsConfig:
     return StepsConfig(stage1=int(stage1), s2a=(a, b) + (c,) * (layers - 2))
 
 
-def load(model: str):
+def load(model: str, task: str):
     """(components, decoding settings, streaming settings) of a model directory (its metis-rt.yaml applied)."""
     if model == "tiny":
-        model_dir = PARITY / TASK
+        model_dir = PARITY / task
     elif model.startswith("dir:"):
         model_dir = Path(model[4:])
     else:
         raise SystemExit(f"--models: 'tiny' or 'dir:PATH', got {model!r}")
     official, stream_cfg = load_official_for(model_dir), load_stream_config_for(model_dir)
-    cfg, _ = resolve_config(model_dir, TASK, official)
-    check_codebooks(model_dir, cfg, [TASK], official, stream_cfg)
-    return load_components(model_dir, [TASK], cfg), official, stream_cfg
+    cfg, _ = resolve_config(model_dir, task, official)
+    check_codebooks(model_dir, cfg, [task], official, stream_cfg)
+    return load_components(model_dir, [task], cfg), official, stream_cfg
 
 
 def parameters(comps) -> dict[str, int]:
@@ -106,6 +107,7 @@ def parameters(comps) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="tiny")
+    ap.add_argument("--task", default="se", choices=TASKS, help="tse/vc: with examples/reference.wav as the reference")
     ap.add_argument("--geometries", default="240/160/1600,160/80/960,160/80/480")
     ap.add_argument("--steps", action="append", help="S1:A,B,C (repeatable; default: the model's streaming steps)")
     ap.add_argument("--hops", type=int, default=8, help="measured steady-state hops per point")
@@ -116,22 +118,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     speech, _ = sf.read(REPO / "examples" / "speech_noisy.wav", dtype="float32")
     speech = np.tile(speech, 8)
+    ref16, _ = sf.read(REPO / "examples" / "reference.wav", dtype="float32")
+    ref24 = soxr.resample(ref16, 16000, 24000).astype(np.float32)
     rows = []
     for model in args.models.split(","):
-        comps, official, stream_cfg = load(model)
+        comps, official, stream_cfg = load(model, args.task)
         layers = comps.cfg.codec_decoder.num_quantizers
-        steps_list = [parse_steps(s, layers) for s in args.steps] if args.steps else [stream_cfg.steps_for(TASK)]
+        steps_list = [parse_steps(s, layers) for s in args.steps] if args.steps else [stream_cfg.steps_for(args.task)]
         for text in args.geometries.split(","):
             geometry = Geometry.from_config(parse_geometry(text))
             chunk_ms = geometry.chunk * 20
             for steps in steps_list:
                 processor = TimedProcessor(comps)
-                times = measure(processor, official, TASK, geometry, steps, 1, args.hops, speech, None)
+                ref = processor.prepare_reference(ref16, ref24) if args.task != "se" else None
+                times = measure(processor, official, args.task, geometry, steps, 1, args.hops, speech, ref)
                 n = len(times)  # the last n entries of each stage are the measured hops
                 stage_ms = {s: float(np.median(processor.spent[s][-n:])) for s in STAGES}
                 p50 = float(np.median(times))
                 row = {
                     "model": model,
+                    "task": args.task,
                     "geometry": text,
                     "latency_ms": geometry.latency_ms,
                     "steps": f"{steps.stage1}:{steps.s2a[0]},{steps.s2a[1]},{steps.s2a[2]}",
@@ -151,15 +157,15 @@ def main() -> None:
 
 def table(rows) -> str:
     lines = [
-        "| model | chunk/lookahead/left ms | latency ms | steps | hop p50 ms | features | stage 1 | S2A | decoder | "
-        "RTF |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | task | chunk/lookahead/left ms | latency ms | steps | hop p50 ms | features | stage 1 | S2A | "
+        "decoder | RTF |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['geometry']} | {r['latency_ms']:.0f} | {r['steps']} | {r['hop_ms_p50']:.0f} | "
-            f"{r['features_ms']:.0f} | {r['stage1_ms']:.0f} | {r['s2a_ms']:.0f} | {r['decode_ms']:.0f} | "
-            f"{r['rtf']:.2f} |"
+            f"| {r['model']} | {r['task']} | {r['geometry']} | {r['latency_ms']:.0f} | {r['steps']} | "
+            f"{r['hop_ms_p50']:.0f} | {r['features_ms']:.0f} | {r['stage1_ms']:.0f} | {r['s2a_ms']:.0f} | "
+            f"{r['decode_ms']:.0f} | {r['rtf']:.2f} |"
         )
     return "\n".join(lines)
 
