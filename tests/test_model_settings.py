@@ -257,3 +257,18 @@ def test_evaluation_systems_use_the_model_directory_settings(tmp_path):
     assert models.official.decoding["se"].stage1.steps == 3
     assert models.stream_cfg.steps_for("se").stage1 == 2
     assert models.stream_cfg.geometry == load_stream_config().geometry
+
+
+def test_evaluation_streams_the_model_directory_geometry_and_any_named_one(tmp_path):
+    from metis_rt.eval.systems import STREAM_GEOMETRIES, select
+
+    settings = "streaming:\n  geometry: {chunk_ms: 200, lookahead_ms: 80, crossfade_ms: 20}\n"
+    d = _model_dir(tmp_path / "own", settings, PARITY_DIR / "se")
+    systems, _ = select(None, d, ["se"])
+    names = [s.name for s in systems]
+    assert "metis-stream-200-80" in names  # the model's own geometry, without asking
+    assert all(f"metis-stream-{c}-{la}" in names for c, la in STREAM_GEOMETRIES.values())
+    systems, _ = select(["metis-stream-240-40", "metis-stream-200-80"], d, ["se"])
+    assert [(s.name, s.latency_ms) for s in systems] == [("metis-stream-240-40", 295.0), ("metis-stream-200-80", 295.0)]
+    with pytest.raises(ConfigError, match="stream geometry 250/40"):
+        select(["metis-stream-250-40"], d, ["se"])  # not whole 20 ms frames

@@ -8,6 +8,7 @@ model directory once and run on CPU (or ``device``); streaming systems push the 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,19 @@ class MetisModels:
         return System(f"metis-stream-{chunk_ms}-{lookahead_ms}", self.tasks, round(probe.latency_ms, 1), run)
 
 
+def stream_sizes(names: Sequence[str] | None, models: MetisModels) -> list[tuple[int, int]]:
+    """(chunk_ms, lookahead_ms) of the streaming systems: the standard ones, the model directory's own geometry
+    (its metis-rt.yaml) and any ``metis-stream-C-L`` asked for by name."""
+    sizes = list(STREAM_GEOMETRIES.values())
+    own = models.stream_cfg.geometry
+    wanted = [(own.chunk_ms, own.lookahead_ms)]
+    for name in names or ():
+        match = re.fullmatch(r"metis-stream-(\d+)-(\d+)", name)
+        if match:
+            wanted.append((int(match[1]), int(match[2])))
+    return sizes + [w for i, w in enumerate(wanted) if w not in sizes and w not in wanted[:i]]
+
+
 def select(
     names: Sequence[str] | None, model_dir: Path | None, tasks: Sequence[str], device: str = "cpu"
 ) -> tuple[list[System], MetisModels | None]:
@@ -157,7 +171,7 @@ def select(
     if model_dir is not None and wanted_metis:
         models = MetisModels(model_dir, tasks, device)
         systems.append(models.offline())
-        systems += [models.streaming(*sizes) for sizes in STREAM_GEOMETRIES.values()]
+        systems += [models.streaming(*sizes) for sizes in stream_sizes(names, models)]
     if names is not None:
         known = {s.name: s for s in systems}
         unknown = [n for n in names if n not in known]
