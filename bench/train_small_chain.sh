@@ -7,6 +7,13 @@
 #   STEPS_SCALE=20 DEVICE=cuda bash bench/train_small_chain.sh   # 20x the steps on a GPU
 #   SIZE=compact OUT=out/compact bash bench/train_small_chain.sh   # the compact CPU-streaming sizes (issue 8)
 #
+# Knobs (environment): SSL_STEPS SEM_STEPS AC_STEPS BASE_STEPS S2A_STEPS SE_STEPS (before STEPS_SCALE; defaults
+# 300 300 600 300 150 300), GATE_INIT (the SE adapter's starting gate, official 0.0), SE_STREAM=0 (skip the
+# streaming-window fine-tuning), EVAL=0 (stop after training), MINUTES (training speech), EVAL_SET, EVAL_ITEMS.
+# The compact run of bench/RESULTS.md and docs/models.md:
+#   SIZE=compact OUT=out/compact SSL_STEPS=400 SEM_STEPS=300 AC_STEPS=1000 BASE_STEPS=300 S2A_STEPS=200 \
+#     SE_STEPS=300 SE_STREAM=0 EVAL=0 GATE_INIT=1.0 bash bench/train_small_chain.sh
+#
 # Outputs under $OUT (default out/chain): data/, runs/<name>/ (losses.csv, loss_curve.png, export/), models/small,
 # models/small_se_before, models/small_se_after, eval_before/, eval_after/ (report.md, clips.csv, plots).
 set -euo pipefail
@@ -93,8 +100,8 @@ ft="options.model_dir=$OUT/models/small options.lora_r=8 options.lora_alpha=16 o
 ft="$ft options.gate_init=${GATE_INIT:-0.0}"
 run se_before configs/train/finetune_se.yaml 1 $ft loop.lr=1.0e-12 loop.warmup_steps=0
 if [ "${SE_STREAM:-1}" = 1 ]; then
-  OMP_NUM_THREADS=1 run se_after configs/train/finetune_se.yaml "$(steps 300)" $ft loop.lr=1.0e-3 loop.warmup_steps=30 &
-  OMP_NUM_THREADS=1 run se_stream configs/train/finetune_se_streaming.yaml "$(steps 300)" $ft loop.lr=1.0e-3 \
+  OMP_NUM_THREADS=1 run se_after configs/train/finetune_se.yaml "$(steps ${SE_STEPS:-300})" $ft loop.lr=1.0e-3 loop.warmup_steps=30 &
+  OMP_NUM_THREADS=1 run se_stream configs/train/finetune_se_streaming.yaml "$(steps ${SE_STEPS:-300})" $ft loop.lr=1.0e-3 \
     loop.warmup_steps=30 &
   wait
 else  # only the plain fine-tuning, on both threads
