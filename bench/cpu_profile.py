@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from streaming import PARITY, machine_info, measure, parse_geometry  # noqa: E402
 
+from metis_rt.audio.files import resample  # noqa: E402
 from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for  # noqa: E402
 from metis_rt.pipeline.components import load_components, resolve_config  # noqa: E402
 from metis_rt.streaming.config import StepsConfig  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> None:
     speech, _ = sf.read(REPO / "examples" / "speech_noisy.wav", dtype="float32")
     speech = np.tile(speech, 8)
     ref16, _ = sf.read(REPO / "examples" / "reference.wav", dtype="float32")
-    ref24 = soxr.resample(ref16, 16000, 24000).astype(np.float32)
+    ref24 = resample(ref16, 16000, 24000).astype(np.float32)
     rows = []
     for model in args.models.split(","):
         comps, official, stream_cfg = load(model, args.task)
