@@ -209,11 +209,12 @@ def _model_dir(args) -> Path:
 
 
 def cmd_download(args) -> int:
+    from metis_rt.config import OFFICIAL_MODEL_CONFIG, load_official_config
     from metis_rt.models.hub import download
 
-    fetched = download(
-        _model_dir(args), args.tasks, _official(args).model, args.cache_dir, args.token, progress=not args.no_progress
-    )
+    # only the architecture matters here, and a model directory's metis-rt.yaml holds none: it is not read
+    model = load_official_config(args.config or OFFICIAL_MODEL_CONFIG, args.overrides).model
+    fetched = download(_model_dir(args), args.tasks, model, args.cache_dir, args.token, progress=not args.no_progress)
     print(f"{len(fetched)} file(s) fetched into {_model_dir(args)}; all files for {','.join(args.tasks)} present")
     return 0
 

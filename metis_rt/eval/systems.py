@@ -151,14 +151,12 @@ class MetisModels:
 def stream_sizes(names: Sequence[str] | None, models: MetisModels) -> list[tuple[int, int]]:
     """(chunk_ms, lookahead_ms) of the streaming systems: the standard ones, the model directory's own geometry
     (its metis-rt.yaml) and any ``metis-stream-C-L`` asked for by name."""
-    sizes = list(STREAM_GEOMETRIES.values())
     own = models.stream_cfg.geometry
-    wanted = [(own.chunk_ms, own.lookahead_ms)]
+    sizes = [*STREAM_GEOMETRIES.values(), (own.chunk_ms, own.lookahead_ms)]
     for name in names or ():
-        match = re.fullmatch(r"metis-stream-(\d+)-(\d+)", name)
-        if match:
-            wanted.append((int(match[1]), int(match[2])))
-    return sizes + [w for i, w in enumerate(wanted) if w not in sizes and w not in wanted[:i]]
+        if match := re.fullmatch(r"metis-stream-(\d+)-(\d+)", name):
+            sizes.append((int(match[1]), int(match[2])))
+    return list(dict.fromkeys(sizes))  # in order, each once
 
 
 def select(
