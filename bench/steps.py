@@ -2,7 +2,7 @@
 
 Measures the per-hop compute of one SE stream (tiny reference-layout model, CPU) for several step settings, and
 computes the official-size cost per hop from the per-token forward costs measured with FlopCounterMode in
-shared/spec/keys/flops_measured.json (stage 1 ~1.25 GFLOP/token/pass, S2A ~0.57, w2v-BERT 42 GFLOP per second of
+tests/data/spec/keys/flops_measured.json (stage 1 ~1.25 GFLOP/token/pass, S2A ~0.57, w2v-BERT 42 GFLOP per second of
 window, codec decoder 12.8 GFLOP per second decoded).
 
   python bench/steps.py

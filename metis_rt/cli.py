@@ -170,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
 
     q = sub.add_parser("parity", help="check our implementation against reference vector directories")
-    q.add_argument("dirs", nargs="+", type=Path, help="vector directories (model dir + cases/manifest.json)")
+    q.add_argument(
+        "dirs",
+        nargs="+",
+        type=Path,
+        help="vector directories (model dir + cases/manifest.json), or a folder holding them (tests/data/parity)",
+    )
     q.add_argument("--strict", action="store_true", help="also fail on checks reported as unsupported")
     return parser
 
@@ -431,12 +436,10 @@ def cmd_process_stream(args) -> int:
 
 
 def cmd_parity(args) -> int:
-    from metis_rt.parity import run_directory
+    from metis_rt.parity import run_directory, vector_dirs
 
     counts = {"ok": 0, "FAIL": 0, "unsupported": 0}
-    for root in args.dirs:
-        if not (root / "cases" / "manifest.json").is_file():
-            raise ConfigError(f"{root} is not a vector directory (no cases/manifest.json)")
+    for root in vector_dirs(args.dirs):
         print(f"== {root}", flush=True)
         for result in run_directory(root):
             counts[result.status] += 1

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from metis_rt.config import S2ADecoding, Stage1Decoding, TaskDecoding
+from metis_rt.errors import ConfigError
 from metis_rt.models.decoding import ZeroNoise
 from metis_rt.models.ssl import ExtractorOutput
 from metis_rt.models.stage1 import Stage1Inputs
@@ -347,6 +348,26 @@ def _judge(vd: VectorDir, check: dict[str, Any], outputs: dict[str, torch.Tensor
             result.status = "FAIL"
             result.details.append(f"{key}: {note}")
     return result
+
+
+def vector_dirs(paths: list[Path]) -> list[Path]:
+    """The vector directories named by ``paths``: each a vector directory or a folder of them (one level down).
+
+    Files (``parity/*`` also matches ``parity/README.md``) are skipped; a folder that is neither is an error.
+    """
+    found = []
+    for path in paths:
+        if path.is_file():
+            continue
+        if (path / MANIFEST).is_file():
+            found.append(path)
+        elif path.is_dir() and (inner := sorted(d for d in path.iterdir() if (d / MANIFEST).is_file())):
+            found.extend(inner)
+        else:
+            raise ConfigError(f"{path} is not a vector directory (no {MANIFEST}) nor a folder of them")
+    if not found:
+        raise ConfigError("no vector directory among " + " ".join(str(p) for p in paths))
+    return found
 
 
 def run_directory(root: str | Path) -> list[CheckResult]:

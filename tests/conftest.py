@@ -1,4 +1,8 @@
-"""Shared test fixtures. The repository is checked out with the project's `shared/` folder beside it."""
+"""Shared test fixtures. The reference vectors and key dumps live in ``tests/data`` (see its README).
+
+``METIS_RT_PARITY_DIR`` points the tests at another vector set of the same format (e.g. one with other seeds and
+tiny sizes); nothing in the tests is tied to the sizes of the bundled set.
+"""
 
 import os
 from pathlib import Path
@@ -8,16 +12,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub call must fail fast, never hang
 
 REPO_DIR = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_DIR.parent / "shared"
-PARITY_DIR = SHARED_DIR / "parity"
-SPEC_KEYS_DIR = SHARED_DIR / "spec" / "keys"
+DATA_DIR = REPO_DIR / "tests" / "data"
+PARITY_DIR = Path(os.environ.get("METIS_RT_PARITY_DIR") or DATA_DIR / "parity").resolve()
+SPEC_KEYS_DIR = DATA_DIR / "spec" / "keys"
 EXAMPLES_DIR = REPO_DIR / "examples"
 
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     if not PARITY_DIR.is_dir():
-        pytest.fail(f"reference vectors not found at {PARITY_DIR}: check out the repo with shared/ beside it")
+        pytest.fail(f"reference vectors not found at {PARITY_DIR} (tests/data/parity, or $METIS_RT_PARITY_DIR)")
     return PARITY_DIR
 
 

@@ -49,6 +49,16 @@ def test_parity_rejects_a_directory_without_manifest(tmp_path, capsys):
     assert "no cases/manifest.json" in capsys.readouterr().err
 
 
+def test_parity_takes_the_readme_glob_and_the_parent_folder(parity_dir):
+    """`metis-rt parity tests/data/parity/*` also matches README.md (skipped); the parent folder names them all."""
+    from metis_rt.parity import vector_dirs
+
+    tasks = ["l2s", "omni", "se", "tse", "tts", "vc"]
+    assert vector_dirs([parity_dir]) == [parity_dir / t for t in tasks]
+    assert vector_dirs(sorted(parity_dir.iterdir())) == [parity_dir / t for t in tasks]
+    assert (parity_dir / "README.md").is_file()
+
+
 def test_process_se_readme_example(parity_dir, tmp_path):
     out = tmp_path / "enhanced.wav"
     proc = _run_cli("process", "--task", "se", SOURCE, "-o", out, "--model-dir", parity_dir / "se", "--deterministic")

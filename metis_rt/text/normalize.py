@@ -1,7 +1,7 @@
 """English text normalisation and the punctuation cleanup done before espeak-ng.
 
 Reproduces the text the MaskGCT / Metis reference frontend hands to the phonemizer (specification: the ``g2p_en``
-check of ``shared/parity/tts/cases/manifest.json`` and section 10.4 of ``shared/parity/README.md``):
+check of ``tests/data/parity/tts/cases/manifest.json`` and section 10.4 of ``tests/data/parity/README.md``):
 
 1. :func:`expand_abbreviations`: whole words, case-insensitive ("Dr" -> "doctor", "St" -> "saint").
 2. :func:`normalize_numbers`: thousands commas, pounds, dollars, fractions, decimals, percent, ordinals, then plain
