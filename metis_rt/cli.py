@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cache-dir", type=Path, help="Hugging Face cache directory (default: the HF default)")
     d.add_argument("--token", help="Hugging Face token (default: the logged-in one, if any)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument(
+        "--revision",
+        help="fetch the official repositories at this revision (e.g. main) instead of the pinned commits; "
+        "published hashes then cannot be checked (default: the pinned commits, verified)",
+    )
     _add_model_args(d)
 
     p = sub.add_parser("process", help="run SE / TSE / VC on an audio file, TTS on text, L2S on visual features")
@@ -219,8 +224,18 @@ def cmd_download(args) -> int:
 
     # only the architecture matters here, and a model directory's metis-rt.yaml holds none: it is not read
     model = load_official_config(args.config or OFFICIAL_MODEL_CONFIG, args.overrides).model
-    fetched = download(_model_dir(args), args.tasks, model, args.cache_dir, args.token, progress=not args.no_progress)
-    print(f"{len(fetched)} file(s) fetched into {_model_dir(args)}; all files for {','.join(args.tasks)} present")
+    report = download(
+        _model_dir(args),
+        args.tasks,
+        model,
+        args.cache_dir,
+        args.token,
+        progress=not args.no_progress,
+        revision=args.revision,
+    )
+    for line in report.lines():
+        print(line)
+    print(f"all files for {','.join(args.tasks)} present")
     return 0
 
 

@@ -11,6 +11,10 @@ A *model directory* holds the official Hugging Face repos merged into one tree (
 
 The Metis and MaskGCT weights are licensed CC BY-NC 4.0 by their authors.
 
+Each official repository is fetched at a pinned commit, and every new file is checked against its published size
+and sha256 where one is recorded (``metis_rt.models.hub_pins`` lists them with their sources); files with nothing
+recorded are reported as unverified. ``revision=`` (``metis-rt download --revision main``) opts out of the pins.
+
 Downloads go through :func:`huggingface_hub.hf_hub_download` into the Hugging Face cache (resumable, with
 progress bars, shared with other tools) and are then *hard-linked* into the model directory (copied when the
 cache is on another file system). A hard link costs no extra disk space, survives a cache clean-up (unlike a
@@ -20,14 +24,15 @@ w2v-BERT and the stats file.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shlex
 import shutil
+import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
@@ -44,16 +49,15 @@ from tqdm.auto import tqdm
 
 from metis_rt.config import ALL_TASKS, ModelConfig, stage1_variant
 from metis_rt.errors import ConfigError, MetisError, MissingWeightsError
+from metis_rt.models.hub_pins import MASKGCT_REPO, METIS_REPO, REPO_PINS, W2V_BERT_REPO, pin_for
 from metis_rt.models.stage1_loading import FULL_VARIANT_FILES, stage1_files
+from metis_rt.models.verify import NOTHING_KNOWN, UNVERIFIED, Expected, IntegrityError, verify_file
 
 logger = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "METIS_RT_MODEL_DIR"
 DEFAULT_MODEL_DIR = "~/.cache/metis-rt/models"
 
-METIS_REPO = "amphion/Metis"
-MASKGCT_REPO = "amphion/MaskGCT"
-W2V_BERT_REPO = "facebook/w2v-bert-2.0"
 W2V_BERT_DIR = "w2v-bert-2.0"
 W2V_BERT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
@@ -63,10 +67,12 @@ LORA_TASKS = ("se", "tse", "vc")  # tasks = metis_base + a LoRA pair (future ful
 
 STATS_FILE = "wav2vec2bert_stats.pt"
 STATS_SHA256 = "c9c176c2b8850ab2e3ba828bbfa969deaf4566ce55db5f2687b8430b87526ad2"  # Amphion's 9,343-byte file
+STATS_SIZE_BYTES = 9_343
 STATS_GITHUB_URL = "https://github.com/open-mmlab/Amphion/raw/main/models/tts/maskgct/ckpt/wav2vec2bert_stats.pt"
 
 PARTIAL_SUFFIX = ".partial"
-HASH_CHUNK_BYTES = 1 << 20
+PROBE_TIMEOUT_S = 3.0  # one TCP connection to the hub before downloading: no network is known in seconds
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")  # a proxy reaches what a direct probe cannot
 
 
 # ----------------------------------------------------------------------------- the table
@@ -90,7 +96,7 @@ class WeightFile:
     local_path: str  # relative to the model directory, '/'-separated
     source: HubSource
     tasks: tuple[str, ...]  # the tasks that need it, or (EVERY_TASK,)
-    sha256: str | None = None  # checked after download when known
+    expected: Expected = NOTHING_KNOWN  # true of every copy (any source, any revision); pins add per-revision values
     mirrors: tuple[HubSource, ...] = ()  # tried in order when `source` fails
     manual_hint: str = ""  # how to get it by hand when no source works; may use {model_dir}
 
@@ -116,7 +122,7 @@ STATS = WeightFile(
     STATS_FILE,
     HubSource("amphion/maskgct", "models/tts/maskgct/ckpt/wav2vec2bert_stats.pt", repo_type="space"),
     (EVERY_TASK,),
-    sha256=STATS_SHA256,
+    expected=Expected(STATS_SHA256, STATS_SIZE_BYTES),
     mirrors=(HubSource("IndexTeam/IndexTTS-2", STATS_FILE),),
     manual_hint=f"download {STATS_GITHUB_URL} (Amphion's GitHub) and save it as {{model_dir}}/{STATS_FILE}",
 )
@@ -218,10 +224,6 @@ class DownloadError(MetisError):
         super().__init__("\n".join(lines))
 
 
-class _ChecksumMismatch(Exception):
-    pass
-
-
 class _SilentTqdm(tqdm):
     """A tqdm that never draws (hf_hub_download's `tqdm_class` when progress=False)."""
 
@@ -230,36 +232,92 @@ class _SilentTqdm(tqdm):
         super().__init__(*args, **kwargs)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One source of one file, resolved: the revision and path to ask for, and what the file must be."""
+
+    source: HubSource
+    revision: str | None  # None: the repository's default branch (unpinned mirrors)
+    filename: str
+    expected: Expected
+
+    def describe(self) -> str:
+        at = f" @ {self.revision[:12]}" if self.revision else ""
+        return f"{self.source.describe()}{at}"
+
+
+def resolve(wf: WeightFile, src: HubSource, revision: str | None = None) -> _Request:
+    """Where to fetch `wf` from `src`: its pinned commit (with published values), or `revision` when given."""
+    official = src.repo_id in REPO_PINS
+    if revision is not None and official:  # the user's revision: per-commit hashes do not apply
+        return _Request(src, revision, src.filename, wf.expected)
+    pin = pin_for(src.repo_id, src.filename)
+    if pin is None:  # a mirror we do not pin: only values true of every copy are checked
+        return _Request(src, None, src.filename, wf.expected)
+    merged = Expected(wf.expected.sha256 or pin.expected.sha256, wf.expected.size_bytes or pin.expected.size_bytes)
+    return _Request(src, pin.revision, pin.filename or src.filename, merged)
+
+
+@dataclass
+class DownloadReport:
+    """What `download` did: the files fetched and how each new file was checked."""
+
+    model_dir: Path
+    fetched: list[Path] = field(default_factory=list)
+    checks: dict[str, str] = field(default_factory=dict)  # local path -> "sha256", "size only" or "unverified"
+    present: list[str] = field(default_factory=list)  # already in the model directory (not re-checked)
+
+    @property
+    def unverified(self) -> list[str]:
+        return [p for p, how in self.checks.items() if how == UNVERIFIED]
+
+    def lines(self) -> list[str]:
+        out = [f"{len(self.fetched)} file(s) fetched into {self.model_dir}; {len(self.present)} already there"]
+        for how in ("sha256", "size only"):
+            names = [p for p, h in self.checks.items() if h == how]
+            if names:
+                out.append(f"verified ({how}): {', '.join(names)}")
+        if self.unverified:
+            out.append(
+                f"NOT verified (no published size or hash recorded for them, or --revision given): "
+                f"{', '.join(self.unverified)}"
+            )
+        return out
+
+
 @dataclass
 class _Fetcher:
     cache_dir: Path | None
     token: str | bool | None
     progress: bool
+    revision: str | None = None  # None: the pinned commits
     unreachable: str | None = None  # after a connection failure: later files come from the cache only
 
-    def fetch(self, wf: WeightFile, model_dir: Path) -> list[str]:
-        """Materialise `wf` under `model_dir`; return a failure reason per source tried (none on success)."""
+    def fetch(self, wf: WeightFile, model_dir: Path) -> tuple[list[str], str]:
+        """Materialise `wf` under `model_dir`; return (a failure reason per source tried, how it was checked)."""
         reasons = []
         for src in wf.sources:
+            request = resolve(wf, src, self.revision)
             try:
-                cached = self._download(src)
-                _verify_sha256(cached, wf.sha256)
-                how = _materialise(cached, model_dir / wf.local_path)
-                logger.info("%s: fetched from %s (%s)", wf.local_path, src.describe(), how)
-                return []
+                cached = self._download(request)
+                how = verify_file(cached, request.expected, wf.local_path)
+                linked = _materialise(cached, model_dir / wf.local_path)
+                logger.info("%s: fetched from %s (%s; %s)", wf.local_path, request.describe(), linked, how)
+                return [], how
             except Exception as exc:  # any failure of one source is reported, and the next source tried
-                logger.debug("fetching %s from %s failed", wf.local_path, src.describe(), exc_info=True)
-                reasons.append(f"{src.describe()}: {self._explain(exc)}")
+                logger.debug("fetching %s from %s failed", wf.local_path, request.describe(), exc_info=True)
+                reasons.append(f"{request.describe()}: {self._explain(exc)}")
         if wf.manual_hint:
             reasons.append(f"by hand: {wf.manual_hint.format(model_dir=model_dir)}")
-        return reasons
+        return reasons, UNVERIFIED
 
-    def _download(self, src: HubSource) -> Path:
-        logger.info("fetching %s", src.describe())
+    def _download(self, request: _Request) -> Path:
+        logger.info("fetching %s", request.describe())
         path = hf_hub_download(
-            src.repo_id,
-            src.filename,
-            repo_type=src.repo_type,
+            request.source.repo_id,
+            request.filename,
+            repo_type=request.source.repo_type,
+            revision=request.revision,
             cache_dir=self.cache_dir,
             token=self.token,
             local_files_only=self.unreachable is not None,
@@ -272,12 +330,26 @@ class _Fetcher:
         if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError)) and hf_constants.HF_HUB_OFFLINE:
             return "HF_HUB_OFFLINE=1 is set and the file is not in the Hugging Face cache"
         if isinstance(exc, LocalEntryNotFoundError) and self.unreachable is not None:
-            return f"not in the Hugging Face cache, and the hub was unreachable earlier ({self.unreachable})"
+            return f"not in the Hugging Face cache, and the hub is unreachable ({self.unreachable})"
         if isinstance(exc, (LocalEntryNotFoundError, ConnectionError, TimeoutError)):
             cause = exc.__cause__ or exc
             self.unreachable = f"{type(cause).__name__}: {_first_line(cause)}"
             return f"cannot reach the Hugging Face Hub and the file is not cached ({self.unreachable})"
         return _explain_hub_error(exc)
+
+
+def hub_unreachable() -> str | None:
+    """One short TCP connection to the hub's endpoint: None when it answers, else why not (no retries)."""
+    if any(os.environ.get(name) for name in PROXY_ENV):
+        return None  # a proxy may reach what a direct connection cannot: let the download try
+    parts = urlsplit(hf_constants.ENDPOINT)
+    host = parts.hostname or "huggingface.co"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"{host}:{port} did not answer within {PROBE_TIMEOUT_S:g} s ({type(exc).__name__}: {_first_line(exc)})"
 
 
 def _explain_hub_error(exc: Exception) -> str:
@@ -292,7 +364,7 @@ def _explain_hub_error(exc: Exception) -> str:
     if isinstance(exc, HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", "?")
         return f"HTTP {status} from the hub: {_first_line(exc)}"
-    if isinstance(exc, _ChecksumMismatch):
+    if isinstance(exc, IntegrityError):
         return str(exc)
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
@@ -300,24 +372,6 @@ def _explain_hub_error(exc: Exception) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else "(no message)"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _verify_sha256(path: Path, expected: str | None) -> None:
-    if expected is None:
-        return
-    got = _file_sha256(path)
-    if got != expected:
-        raise _ChecksumMismatch(
-            f"sha256 mismatch: expected {expected}, got {got} (cached at {path}; delete it if it is corrupt)"
-        )
 
 
 def _materialise(cached: Path, dest: Path) -> str:
@@ -343,25 +397,29 @@ def download(
     cache_dir: str | Path | None = None,
     token: str | bool | None = None,
     progress: bool = True,
-) -> list[Path]:
-    """Fetch the files `tasks` need into `model_dir`, skipping those present; return the paths fetched.
+    revision: str | None = None,
+) -> DownloadReport:
+    """Fetch the files `tasks` need into `model_dir`, skipping those present; verify each new file.
 
-    Raises DownloadError listing every file that could not be fetched and why (after trying all of them).
+    The official repositories are fetched at pinned commits (``metis_rt.models.hub_pins``) unless `revision` is
+    given. Raises DownloadError listing every file that could not be fetched and why (after trying all of them).
     """
     root = Path(model_dir).expanduser()
     wanted = required_files(tasks, cfg)
     todo = [f for f in wanted if not (root / f.local_path).is_file()]
-    n_present = len(wanted) - len(todo)
-    logger.info("%d of %d file(s) already in %s; fetching %d", n_present, len(wanted), root, len(todo))
-    fetcher = _Fetcher(Path(cache_dir).expanduser() if cache_dir else None, token, progress)
+    report = DownloadReport(root, present=[f.local_path for f in wanted if f not in todo])
+    logger.info("%d of %d file(s) already in %s; fetching %d", len(report.present), len(wanted), root, len(todo))
+    fetcher = _Fetcher(Path(cache_dir).expanduser() if cache_dir else None, token, progress, revision)
+    if todo and not hf_constants.HF_HUB_OFFLINE:
+        fetcher.unreachable = hub_unreachable()  # no network: the cache only, no retries
     failures: dict[str, list[str]] = {}
-    fetched: list[Path] = []
     for wf in todo:
-        reasons = fetcher.fetch(wf, root)
+        reasons, how = fetcher.fetch(wf, root)
         if reasons:
             failures[wf.local_path] = reasons
         else:
-            fetched.append(root / wf.local_path)
+            report.fetched.append(root / wf.local_path)
+            report.checks[wf.local_path] = how
     if failures:
         raise DownloadError(root, failures, len(todo))
-    return fetched
+    return report
