@@ -8,8 +8,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from metis_rt.config import (
     ALL_TASKS,
     GENERATIVE_TASKS,
@@ -17,7 +15,7 @@ from metis_rt.config import (
     TASKS,
     stage1_variant,
 )
-from metis_rt.errors import ConfigError, MetisError
+from metis_rt.errors import ClippedInputError, ConfigError, MetisError
 from metis_rt.pipeline.segments import DEFAULT_MAX_SEGMENT_S
 
 log = logging.getLogger("metis_rt")
@@ -197,6 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
+    except ClippedInputError as exc:  # the Python API's keyword would mislead on a command line
+        print(
+            f"metis-rt {args.command}: error: {exc.with_hint('pass --allow-clipped to process it anyway')}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except MetisError as exc:
         print(f"metis-rt {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -239,14 +243,33 @@ def cmd_download(args) -> int:
     return 0
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str):
+    import torch
+
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: this torch build or machine has no CUDA device; use --device cpu")
     return device
 
 
+def check_request_paths(args) -> None:
+    """Every path the request names, checked before torch/transformers are imported (that takes seconds)."""
+    from metis_rt.audio.files import check_audio_file, check_output_extension
+
+    check_output_extension(args.output)
+    if args.task not in GENERATIVE_TASKS:
+        if args.input is None:
+            raise ConfigError(f"task {args.task!r} needs an input audio file")
+        check_audio_file(args.input)
+    if args.reference is not None:
+        check_audio_file(args.reference, "reference audio file (--reference)")
+    for path, option in ((args.text_file, "--text-file"), (args.visual_features, "--visual-features")):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{option} {str(path)!r} does not exist (or is not a file); check the path")
+
+
 def cmd_process(args) -> int:
+    check_request_paths(args)  # a typo is reported in a fraction of a second, not after the model stack loads
     from metis_rt.audio.files import write_audio
     from metis_rt.model_settings import check_codebooks
     from metis_rt.models.hub import check_model_dir

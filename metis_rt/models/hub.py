@@ -29,7 +29,7 @@ import os
 import shlex
 import shutil
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -197,8 +197,80 @@ def download_command(model_dir: str | Path, tasks: Sequence[str]) -> str:
     return f"metis-rt download --tasks {task_list} --model-dir {shlex.quote(str(model_dir))}"
 
 
+def check_model_dir_exists(model_dir: str | Path, tasks: Sequence[str]) -> None:
+    """A mistyped --model-dir is reported as such (not as every file of every task missing)."""
+    root = Path(model_dir).expanduser()
+    if root.is_dir():
+        return
+    what = "is not a folder" if root.exists() else "does not exist"
+    raise MissingWeightsError(
+        str(root),
+        [],
+        f"model directory {str(root)!r} {what}; check --model-dir (or ${MODEL_DIR_ENV}). "
+        f"To fetch the weights into it: {download_command(root, tasks)}",
+    )
+
+
+@dataclass(frozen=True)
+class TaskAvailability:
+    """Which of the asked tasks a model directory can run now, and what the others lack."""
+
+    model_dir: Path
+    present: tuple[str, ...]
+    missing: dict[str, tuple[str, ...]]  # task -> the download targets it lacks (its stage-1 variants)
+    n_missing_files: int
+
+    def note(self) -> str:
+        """One line: what is served, what is not and the exact command that fetches the rest."""
+        targets = list(dict.fromkeys(t for ts in self.missing.values() for t in ts))
+        return (
+            f"running {', '.join(self.present)} only: {', '.join(self.missing)} lack(s) {self.n_missing_files} "
+            f"file(s) in {str(self.model_dir)!r}; fetch them with: {download_command(self.model_dir, targets)}"
+        )
+
+
+def task_availability(
+    model_dir: str | Path,
+    tasks: Sequence[str],
+    cfg: ModelConfig | None = None,
+    targets_of: Callable[[str], Sequence[str]] = lambda task: [task],
+) -> TaskAvailability:
+    """Split `tasks` into those whose files are all present and those lacking some (`targets_of`: the download
+    targets a task needs, e.g. ``["omni"]`` when it runs on Metis-Omni)."""
+    root = Path(model_dir).expanduser()
+    check_model_dir_exists(root, [t for task in tasks for t in targets_of(task)])
+    present, missing, absent = [], {}, set()
+    for task in tasks:
+        lacking = missing_files(root, list(targets_of(task)), cfg)
+        if lacking:
+            missing[task] = tuple(targets_of(task))
+            absent.update(f.local_path for f in lacking)
+        else:
+            present.append(task)
+    return TaskAvailability(root, tuple(present), missing, len(absent))
+
+
+def usable_tasks(
+    model_dir: str | Path,
+    tasks: Sequence[str],
+    cfg: ModelConfig | None = None,
+    targets_of: Callable[[str], Sequence[str]] = lambda task: [task],
+) -> list[str]:
+    """The tasks of `tasks` that `model_dir` can run; a warning names the others and how to fetch them.
+
+    Raises MissingWeightsError (every absent file, one download command) when none can run.
+    """
+    avail = task_availability(model_dir, tasks, cfg, targets_of)
+    if not avail.present:
+        check_model_dir(model_dir, list(dict.fromkeys(t for task in tasks for t in targets_of(task))), cfg)
+    if avail.missing:
+        logger.warning("%s", avail.note())
+    return list(avail.present)
+
+
 def check_model_dir(model_dir: str | Path, tasks: Sequence[str], cfg: ModelConfig | None = None) -> None:
     """Raise MissingWeightsError naming every absent file and the command that fetches them."""
+    check_model_dir_exists(model_dir, tasks)
     missing = missing_files(model_dir, tasks, cfg)
     if missing:
         hint = f"Fetch them with:\n  {download_command(model_dir, tasks)}"
