@@ -356,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> bytes | None:
     """Usage errors the server would reject anyway, caught before any device opens; returns the reference."""
+    if args.task == "tts":
+        raise dev.AudioDeviceError(wire.TTS_NOT_HERE)
     if args.rate is not None and not MIN_RATE <= args.rate <= MAX_RATE:
         raise dev.AudioDeviceError(f"--rate must be in [{MIN_RATE}, {MAX_RATE}] Hz, got {args.rate}")
     if not 0.0 <= args.mix <= 1.0:

@@ -135,7 +135,16 @@ def parse_event(text: str) -> dict[str, Any]:
     return event
 
 
+TTS_NOT_HERE = (
+    "--task tts speaks text, and this client streams audio (se, tse, vc); for TTS run "
+    "`metis-rt process --task tts --text ... --reference VOICE.wav --reference-text ...`, or open the server's web page"
+)
+
+
 def ready_from(event: dict[str, Any]) -> proto.SessionReady:
+    """``session.ready`` of an audio session; ClientError for a TTS session's (it has no input rate or latency)."""
+    if event.get("task") == "tts" or "sample_rate" not in event:
+        raise ClientError(f"the server started a {event.get('task', 'non-audio')} session: {TTS_NOT_HERE}")
     return proto.SessionReady(
         str(event["session_id"]),
         int(event["sample_rate"]),
