@@ -152,7 +152,21 @@ def ready_from(event: dict[str, Any]) -> proto.SessionReady:
         str(event["format"]),
         float(event["algorithmic_latency_ms"]),
         int(event["chunk_ms"]),
+        str(event.get("stage1", "task")),
+        reported_steps(event.get("stage1_steps")),
+        reported_step_list(event.get("s2a_steps")),
     )
+
+
+def reported_steps(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None
+
+
+def reported_step_list(value: Any) -> list[int] | None:
+    """A server's s2a steps; None when absent (an older server) or malformed."""
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return list(value)
+    return None
 
 
 def close_description(ws: ClientConnection) -> str:
