@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 
 from metis_rt.clients import devices as dev
 from metis_rt.clients import wire
+from metis_rt.clients.alsa_messages import route_alsa_messages
 from metis_rt.clients.jitter import JitterBuffer
 from metis_rt.clients.terminal import StatusDisplay, cbreak_keys
 from metis_rt.errors import MetisError
@@ -420,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
+        route_alsa_messages()  # alsa-lib prints xruns on stderr, through the status line; PortAudio counts them
         sd = dev.load_sounddevice()
         if args.list_devices:
             print(dev.describe(*dev.query(sd)))
