@@ -1,4 +1,5 @@
-"""``metis-rt`` command line: ``download``, ``process``, ``parity``, ``serve``, ``bridge``, ``data``, ``eval``."""
+"""``metis-rt`` command line: ``download``, ``process``, ``parity``, ``serve``, ``bridge``, ``data``, ``train``,
+``eval``."""
 
 from __future__ import annotations
 
