@@ -369,7 +369,8 @@ def test_no_network_is_found_by_one_probe_and_the_cache_alone_is_tried(tmp_path,
     with pytest.raises(hub.DownloadError) as info:
         hub.download(tmp_path / "m", ["se"], progress=False)
     assert fake.offline_flags and all(fake.offline_flags)  # not one network attempt after the probe
-    assert f"127.0.0.1:{port} did not answer" in str(info.value)
+    assert f"unreachable (no connection to 127.0.0.1:{port} within" in str(info.value)
+    assert str(info.value).count("no connection to") == 1  # the cause once, then the files: a summary
 
 
 def test_probe_passes_when_the_endpoint_answers(monkeypatch):

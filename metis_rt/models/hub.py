@@ -71,6 +71,7 @@ STATS_SIZE_BYTES = 9_343
 STATS_GITHUB_URL = "https://github.com/open-mmlab/Amphion/raw/main/models/tts/maskgct/ckpt/wav2vec2bert_stats.pt"
 
 PARTIAL_SUFFIX = ".partial"
+NOT_CACHED = "not in the Hugging Face cache"
 PROBE_TIMEOUT_S = 3.0  # one TCP connection to the hub before downloading: no network is known in seconds
 PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")  # a proxy reaches what a direct probe cannot
 
@@ -281,13 +282,19 @@ def check_model_dir(model_dir: str | Path, tasks: Sequence[str], cfg: ModelConfi
 class DownloadError(MetisError):
     """Some model files could not be fetched; `failures` maps local paths to reasons (one per source)."""
 
-    def __init__(self, model_dir: Path, failures: dict[str, list[str]], n_wanted: int):
+    def __init__(self, model_dir: Path, failures: dict[str, list[str]], n_wanted: int, unreachable: str | None = None):
         self.model_dir = model_dir
         self.failures = failures
         lines = [f"could not fetch {len(failures)} of {n_wanted} file(s) into {str(model_dir)!r}:"]
+        if unreachable is not None:  # one cause for all: said once, each file then only names what else to try
+            lines[0] = (
+                f"the Hugging Face Hub is unreachable ({unreachable}); {len(failures)} of {n_wanted} file(s) are "
+                f"not in the Hugging Face cache and were not fetched into {str(model_dir)!r}:"
+            )
         for local_path, reasons in failures.items():
+            others = [r for r in reasons if not r.endswith(NOT_CACHED)] if unreachable else reasons
             lines.append(f"  - {local_path}")
-            lines.extend(f"      {reason}" for reason in reasons)
+            lines.extend(f"      {reason}" for reason in others)
         lines.append(
             "What to do: check the network (or unset HF_HUB_OFFLINE); for gated repos log in with "
             "`hf auth login` or pass a token; then run the download again: files already fetched are kept "
@@ -402,7 +409,7 @@ class _Fetcher:
         if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError)) and hf_constants.HF_HUB_OFFLINE:
             return "HF_HUB_OFFLINE=1 is set and the file is not in the Hugging Face cache"
         if isinstance(exc, LocalEntryNotFoundError) and self.unreachable is not None:
-            return f"not in the Hugging Face cache, and the hub is unreachable ({self.unreachable})"
+            return NOT_CACHED  # the cause (the hub unreachable) is said once, by DownloadError
         if isinstance(exc, (LocalEntryNotFoundError, ConnectionError, TimeoutError)):
             cause = exc.__cause__ or exc
             self.unreachable = f"{type(cause).__name__}: {_first_line(cause)}"
@@ -421,7 +428,7 @@ def hub_unreachable() -> str | None:
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
             return None
     except OSError as exc:
-        return f"{host}:{port} did not answer within {PROBE_TIMEOUT_S:g} s ({type(exc).__name__}: {_first_line(exc)})"
+        return f"no connection to {host}:{port} within {PROBE_TIMEOUT_S:g} s: {type(exc).__name__}: {_first_line(exc)}"
 
 
 def _explain_hub_error(exc: Exception) -> str:
@@ -493,5 +500,5 @@ def download(
             report.fetched.append(root / wf.local_path)
             report.checks[wf.local_path] = how
     if failures:
-        raise DownloadError(root, failures, len(todo))
+        raise DownloadError(root, failures, len(todo), fetcher.unreachable)
     return report
