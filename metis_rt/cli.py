@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -267,6 +268,13 @@ def check_request_paths(args) -> None:
     for path, option in ((args.text_file, "--text-file"), (args.visual_features, "--visual-features")):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{option} {str(path)!r} does not exist (or is not a file); check the path")
+    if args.model_dir is not None and not args.model_dir.expanduser().is_dir():
+        folder = args.model_dir.expanduser()
+        target = stage1_variant(args.task, args.stage1)
+        raise ConfigError(
+            f"model directory {str(folder)!r} does not exist; check --model-dir. To fetch the weights into it: "
+            f"metis-rt download --tasks {target} --model-dir {shlex.quote(str(folder))}"
+        )
 
 
 def cmd_process(args) -> int:

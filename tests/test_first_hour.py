@@ -89,6 +89,7 @@ def test_task_availability_names_missing_download_targets(parity_dir):
         ("missing_reference", "does not exist"),
         ("unreadable_input", "cannot read"),
         ("bad_output", "use one of the extensions"),
+        ("missing_model_dir", "model directory"),
     ],
 )
 def test_process_reports_bad_inputs_without_importing_the_model_stack(tmp_path, case, message):
@@ -103,7 +104,8 @@ def test_process_reports_bad_inputs_without_importing_the_model_stack(tmp_path, 
         src.write_text("not audio")
     elif case == "bad_output":
         out = tmp_path / "out.mp4"
-    argv = ["process", "--task", task, str(src), "-o", str(out), "--model-dir", str(tmp_path)]
+    model_dir = tmp_path / ("no_such_folder" if case == "missing_model_dir" else "")
+    argv = ["process", "--task", task, str(src), "-o", str(out), "--model-dir", str(model_dir)]
     if ref is not None:
         argv += ["--reference", str(ref)]
     code = (
