@@ -144,7 +144,7 @@ def plot_quality_vs_snr(path: Path, rows: list[dict]) -> bool:
         info = METRICS[metric]
         ax.set_xlabel("input SNR (dB)")
         ax.set_ylabel(f"{info.label}" + (f" ({info.unit})" if info.unit else ""))
-        ax.set_title(f"{info.label} vs input SNR (SE, mean ± 95% CI from {MIN_CI_CLIPS} clips)")
+        ax.set_title(f"{info.label} vs input SNR (SE; mean, 95% CI if ≥ {MIN_CI_CLIPS} clips)", fontsize=10)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.savefig(path, dpi=110)
@@ -174,7 +174,7 @@ def plot_quality_vs_latency(path: Path, rows: list[dict], latency: dict) -> bool
         info = METRICS[metric]
         ax.set_xlabel("algorithmic latency (ms)")
         ax.set_ylabel(info.label + (f" ({info.unit})" if info.unit else ""))
-        ax.set_title(f"{info.label} vs latency (SE, mean ± 95% CI from {MIN_CI_CLIPS} clips)")
+        ax.set_title(f"{info.label} vs latency (SE; mean, 95% CI if ≥ {MIN_CI_CLIPS} clips)", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
     fig.savefig(path, dpi=110)
