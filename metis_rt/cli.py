@@ -226,7 +226,7 @@ def _model_dir(args) -> Path:
 
 def cmd_download(args) -> int:
     from metis_rt.config import OFFICIAL_MODEL_CONFIG, load_official_config
-    from metis_rt.models.hub import download
+    from metis_rt.models.download import download
 
     # only the architecture matters here, and a model directory's metis-rt.yaml holds none: it is not read
     model = load_official_config(args.config or OFFICIAL_MODEL_CONFIG, args.overrides).model

@@ -16,6 +16,7 @@ from huggingface_hub.errors import EntryNotFoundError, GatedRepoError
 
 from metis_rt.config import TASKS, LoraConfig, ModelConfig
 from metis_rt.errors import ConfigError, MetisError, MissingWeightsError
+from metis_rt.models import download as dl
 from metis_rt.models import hub, hub_pins
 from metis_rt.models.verify import NOTHING_KNOWN, Expected, IntegrityError, verify_file
 
@@ -169,8 +170,8 @@ def test_download_offline_fails_fast_naming_files(tmp_path, monkeypatch, no_netw
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     start_s = time.monotonic()
-    with pytest.raises(hub.DownloadError) as info:
-        hub.download(tmp_path / "models", ["se"], cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(dl.DownloadError) as info:
+        dl.download(tmp_path / "models", ["se"], cache_dir=tmp_path / "cache", progress=False)
     assert time.monotonic() - start_s < 10.0
     err = info.value
     assert isinstance(err, MetisError)
@@ -183,12 +184,12 @@ def test_download_offline_fails_fast_naming_files(tmp_path, monkeypatch, no_netw
 
 def test_download_builds_layout_and_skips_present_files(tmp_path, monkeypatch, no_network, unchecked):
     fake = FakeHub(tmp_path / "cache")
-    monkeypatch.setattr(hub, "hf_hub_download", fake)
+    monkeypatch.setattr(dl, "hf_hub_download", fake)
     model_dir = tmp_path / "models"
     (model_dir / "metis_vc").mkdir(parents=True)
     (model_dir / "metis_vc/metis_vc_lora_16.safetensors").write_text("mine")
 
-    fetched = hub.download(model_dir, ["se", "vc"], progress=False, revision="main").fetched
+    fetched = dl.download(model_dir, ["se", "vc"], progress=False, revision="main").fetched
 
     expected = SHARED | TASK_FILES["se"] | TASK_FILES["vc"]
     mine = "metis_vc/metis_vc_lora_16.safetensors"
@@ -199,11 +200,11 @@ def test_download_builds_layout_and_skips_present_files(tmp_path, monkeypatch, n
     space_path = "models/tts/maskgct/ckpt/wav2vec2bert_stats.pt"
     assert (model_dir / "wav2vec2bert_stats.pt").read_text() == f"amphion/maskgct:{space_path}"
     assert ("space", "amphion/maskgct", space_path) in fake.calls
-    assert not list(model_dir.rglob("*" + hub.PARTIAL_SUFFIX))
+    assert not list(model_dir.rglob("*" + dl.PARTIAL_SUFFIX))
     hub.check_model_dir(model_dir, ["se", "vc"])
 
     fake.calls.clear()
-    assert hub.download(model_dir, ["se", "vc"], progress=False).fetched == []
+    assert dl.download(model_dir, ["se", "vc"], progress=False).fetched == []
     assert fake.calls == []
 
 
@@ -215,10 +216,10 @@ def test_download_reports_each_failure_and_uses_the_stats_mirror(tmp_path, monke
         (stats_src.repo_id, stats_src.filename): EntryNotFoundError("Entry not found"),
     }
     fake = FakeHub(tmp_path / "cache", errors)
-    monkeypatch.setattr(hub, "hf_hub_download", fake)
+    monkeypatch.setattr(dl, "hf_hub_download", fake)
 
-    with pytest.raises(hub.DownloadError) as info:
-        hub.download(tmp_path / "m", ["tse"], progress=False, revision="main")
+    with pytest.raises(dl.DownloadError) as info:
+        dl.download(tmp_path / "m", ["tse"], progress=False, revision="main")
 
     assert set(info.value.failures) == {"w2v-bert-2.0/model.safetensors"}
     assert "gated repository" in str(info.value)
@@ -227,9 +228,9 @@ def test_download_reports_each_failure_and_uses_the_stats_mirror(tmp_path, monke
 
 
 def test_download_rejects_a_stats_file_with_the_wrong_hash(tmp_path, monkeypatch, no_network):
-    monkeypatch.setattr(hub, "hf_hub_download", FakeHub(tmp_path / "cache"))
-    with pytest.raises(hub.DownloadError) as info:
-        hub.download(tmp_path / "m", ["se"], progress=False, revision="main")  # the stats hash holds on any revision
+    monkeypatch.setattr(dl, "hf_hub_download", FakeHub(tmp_path / "cache"))
+    with pytest.raises(dl.DownloadError) as info:
+        dl.download(tmp_path / "m", ["se"], progress=False, revision="main")  # the stats hash holds on any revision
     assert set(info.value.failures) == {"wav2vec2bert_stats.pt"}
     reasons = info.value.failures["wav2vec2bert_stats.pt"]
     assert sum("wav2vec2bert_stats.pt: size mismatch: expected 9,343 bytes" in r for r in reasons) == 2
@@ -244,13 +245,13 @@ def test_connection_failure_stops_network_use_for_later_files(tmp_path, monkeypa
         try:
             raise ConnectionError("DNS lookup failed")
         except ConnectionError as exc:
-            raise hub.LocalEntryNotFoundError("cannot find the requested files") from exc
+            raise dl.LocalEntryNotFoundError("cannot find the requested files") from exc
 
-    monkeypatch.setattr(hub, "hf_hub_download", unreachable)
+    monkeypatch.setattr(dl, "hf_hub_download", unreachable)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)  # the probe passes; the first download then fails
-    with pytest.raises(hub.DownloadError) as info:
-        hub.download(tmp_path, ["vc"], progress=False)
+    monkeypatch.setattr(dl, "hub_unreachable", lambda: None)  # the probe passes; the first download then fails
+    with pytest.raises(dl.DownloadError) as info:
+        dl.download(tmp_path, ["vc"], progress=False)
     assert calls[0] is False and all(calls[1:])
     assert "DNS lookup failed" in str(info.value)
 
@@ -298,9 +299,9 @@ def _pins_for_fake_content(bad: str | None = None):
 
 
 def test_download_verifies_against_the_pins_and_reports_unverified_files(tmp_path, monkeypatch, no_network, unchecked):
-    monkeypatch.setattr(hub, "hf_hub_download", FakeHub(tmp_path / "cache"))
-    monkeypatch.setattr(hub, "pin_for", _pins_for_fake_content())
-    report = hub.download(tmp_path / "m", ["tse"], progress=False)
+    monkeypatch.setattr(dl, "hf_hub_download", FakeHub(tmp_path / "cache"))
+    monkeypatch.setattr(dl, "pin_for", _pins_for_fake_content())
+    report = dl.download(tmp_path / "m", ["tse"], progress=False)
     assert report.checks["metis_tse/metis_tse_lora_32.safetensors"] == "sha256"
     assert report.checks["w2v-bert-2.0/model.safetensors"] == "sha256"
     assert "w2v-bert-2.0/config.json" in report.unverified  # nothing published for it
@@ -311,10 +312,10 @@ def test_download_verifies_against_the_pins_and_reports_unverified_files(tmp_pat
 
 def test_download_rejects_a_pinned_file_whose_hash_differs(tmp_path, monkeypatch, no_network, unchecked):
     bad = "metis_tse/metis_tse_lora_32_adapter.safetensors"
-    monkeypatch.setattr(hub, "hf_hub_download", FakeHub(tmp_path / "cache"))
-    monkeypatch.setattr(hub, "pin_for", _pins_for_fake_content(bad=bad))
-    with pytest.raises(hub.DownloadError) as info:
-        hub.download(tmp_path / "m", ["tse"], progress=False)
+    monkeypatch.setattr(dl, "hf_hub_download", FakeHub(tmp_path / "cache"))
+    monkeypatch.setattr(dl, "pin_for", _pins_for_fake_content(bad=bad))
+    with pytest.raises(dl.DownloadError) as info:
+        dl.download(tmp_path / "m", ["tse"], progress=False)
     assert set(info.value.failures) == {bad}
     assert f"{bad}: sha256 mismatch" in str(info.value)
     assert not (tmp_path / "m" / bad).exists()
@@ -323,9 +324,9 @@ def test_download_rejects_a_pinned_file_whose_hash_differs(tmp_path, monkeypatch
 
 def test_download_asks_for_pinned_commits_unless_a_revision_is_given(tmp_path, monkeypatch, no_network, unchecked):
     fake = FakeHub(tmp_path / "cache")
-    monkeypatch.setattr(hub, "hf_hub_download", fake)
-    monkeypatch.setattr(hub, "verify_file", lambda path, expected, name: "unverified")
-    hub.download(tmp_path / "pinned", ["se", "l2s"], progress=False)
+    monkeypatch.setattr(dl, "hf_hub_download", fake)
+    monkeypatch.setattr(dl, "verify_file", lambda path, expected, name: "unverified")
+    dl.download(tmp_path / "pinned", ["se", "l2s"], progress=False)
     for (repo_id, filename), revision in fake.revisions.items():
         if repo_id in hub_pins.REPO_PINS:
             assert revision is not None and re.fullmatch(r"[0-9a-f]{40}|refs/pr/\d+", revision), (filename, revision)
@@ -336,7 +337,7 @@ def test_download_asks_for_pinned_commits_unless_a_revision_is_given(tmp_path, m
     assert (tmp_path / "pinned/s2a_model/s2a_model_1layer/model.safetensors").is_file()
 
     fake.revisions.clear()
-    hub.download(tmp_path / "main", ["se"], progress=False, revision="main")
+    dl.download(tmp_path / "main", ["se"], progress=False, revision="main")
     official = {k: v for k, v in fake.revisions.items() if k[0] in hub_pins.REPO_PINS}
     assert official and set(official.values()) == {"main"}
 
@@ -348,7 +349,7 @@ def test_every_recorded_value_is_well_formed():
         assert pin.expected.known
         assert pin.expected.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", pin.expected.sha256)
     official = [wf for wf in hub.weight_table() if wf.source.repo_id in hub_pins.REPO_PINS]
-    assert all(hub.resolve(wf, wf.source).revision for wf in official)
+    assert all(dl.resolve(wf, wf.source).revision for wf in official)
 
 
 def test_no_network_is_found_by_one_probe_and_the_cache_alone_is_tried(tmp_path, monkeypatch):
@@ -357,17 +358,17 @@ def test_no_network_is_found_by_one_probe_and_the_cache_alone_is_tried(tmp_path,
         port = s.getsockname()[1]
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-    for name in hub.PROXY_ENV:
+    for name in dl.PROXY_ENV:
         monkeypatch.delenv(name, raising=False)
     fake = FakeHub(tmp_path / "cache", errors={})
 
     def cache_only(repo_id, filename, **kwargs):
         fake(repo_id, filename, **kwargs)
-        raise hub.LocalEntryNotFoundError("not in the cache")
+        raise dl.LocalEntryNotFoundError("not in the cache")
 
-    monkeypatch.setattr(hub, "hf_hub_download", cache_only)
-    with pytest.raises(hub.DownloadError) as info:
-        hub.download(tmp_path / "m", ["se"], progress=False)
+    monkeypatch.setattr(dl, "hf_hub_download", cache_only)
+    with pytest.raises(dl.DownloadError) as info:
+        dl.download(tmp_path / "m", ["se"], progress=False)
     assert fake.offline_flags and all(fake.offline_flags)  # not one network attempt after the probe
     assert f"unreachable (no connection to 127.0.0.1:{port} within" in str(info.value)
     assert str(info.value).count("no connection to") == 1  # the cause once, then the files: a summary
@@ -378,4 +379,4 @@ def test_probe_passes_when_the_endpoint_answers(monkeypatch):
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         monkeypatch.setattr(hf_constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        assert hub.hub_unreachable() is None
+        assert dl.hub_unreachable() is None
