@@ -138,7 +138,7 @@ def parse_event(text: str) -> dict[str, Any]:
 TTS_NOT_HERE = (
     "--task tts speaks text, and this client streams audio (se, tse, vc); for TTS run "
     "`metis-rt process --task tts --text ... --reference VOICE.wav --reference-text ...`, or send `tts.speak` "
-    "messages to the server yourself (docs/protocol.md, \"Text to speech\")"
+    'messages to the server yourself (docs/protocol.md, "Text to speech")'
 )
 
 
