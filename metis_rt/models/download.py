@@ -124,7 +124,8 @@ class DownloadReport:
         return [p for p, how in self.checks.items() if how == UNVERIFIED]
 
     def lines(self) -> list[str]:
-        out = [f"{len(self.fetched)} file(s) fetched into {self.model_dir}; {len(self.present)} already there"]
+        fetched, present = len(self.fetched), len(self.present)
+        out = [f"{fetched} file(s) fetched into {self.model_dir}; {present} already there (not re-checked)"]
         for how in ("sha256", "size only"):
             names = [p for p, h in self.checks.items() if h == how]
             if names:
