@@ -1,14 +1,14 @@
-"""``metis-rt`` command line: ``download``, ``process``, ``parity``, ``serve``, ``bridge``, ``data``, ``eval``."""
+"""``metis-rt`` command line: ``download``, ``process``, ``parity``, ``serve``, ``bridge``, ``data``, ``train``,
+``eval``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 from metis_rt.config import (
     ALL_TASKS,
@@ -17,7 +17,7 @@ from metis_rt.config import (
     TASKS,
     stage1_variant,
 )
-from metis_rt.errors import ConfigError, MetisError
+from metis_rt.errors import ClippedInputError, ConfigError, MetisError
 from metis_rt.pipeline.segments import DEFAULT_MAX_SEGMENT_S
 
 log = logging.getLogger("metis_rt")
@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cache-dir", type=Path, help="Hugging Face cache directory (default: the HF default)")
     d.add_argument("--token", help="Hugging Face token (default: the logged-in one, if any)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument(
+        "--revision",
+        help="fetch the official repositories at this revision (e.g. main) instead of the pinned commits; "
+        "published hashes then cannot be checked (default: the pinned commits, verified)",
+    )
     _add_model_args(d)
 
     p = sub.add_parser("process", help="run SE / TSE / VC on an audio file, TTS on text, L2S on visual features")
@@ -192,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
+    except ClippedInputError as exc:  # the Python API's keyword would mislead on a command line
+        print(
+            f"metis-rt {args.command}: error: {exc.with_hint('pass --allow-clipped to process it anyway')}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except MetisError as exc:
         print(f"metis-rt {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -215,23 +226,59 @@ def _model_dir(args) -> Path:
 
 def cmd_download(args) -> int:
     from metis_rt.config import OFFICIAL_MODEL_CONFIG, load_official_config
-    from metis_rt.models.hub import download
+    from metis_rt.models.download import download
 
     # only the architecture matters here, and a model directory's metis-rt.yaml holds none: it is not read
     model = load_official_config(args.config or OFFICIAL_MODEL_CONFIG, args.overrides).model
-    fetched = download(_model_dir(args), args.tasks, model, args.cache_dir, args.token, progress=not args.no_progress)
-    print(f"{len(fetched)} file(s) fetched into {_model_dir(args)}; all files for {','.join(args.tasks)} present")
+    report = download(
+        _model_dir(args),
+        args.tasks,
+        model,
+        args.cache_dir,
+        args.token,
+        progress=not args.no_progress,
+        revision=args.revision,
+    )
+    for line in report.lines():
+        print(line)
+    print(f"all files for {','.join(args.tasks)} present")
     return 0
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str):
+    import torch
+
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: this torch build or machine has no CUDA device; use --device cpu")
     return device
 
 
+def check_request_paths(args) -> None:
+    """Every path the request names, checked before torch/transformers are imported (that takes seconds)."""
+    from metis_rt.audio.files import check_audio_file, check_output_extension
+
+    check_output_extension(args.output)
+    if args.task not in GENERATIVE_TASKS:
+        if args.input is None:
+            raise ConfigError(f"task {args.task!r} needs an input audio file")
+        check_audio_file(args.input)
+    if args.reference is not None:
+        check_audio_file(args.reference, "reference audio file (--reference)")
+    for path, option in ((args.text_file, "--text-file"), (args.visual_features, "--visual-features")):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{option} {str(path)!r} does not exist (or is not a file); check the path")
+    if args.model_dir is not None and not args.model_dir.expanduser().is_dir():
+        folder = args.model_dir.expanduser()
+        target = stage1_variant(args.task, args.stage1)
+        raise ConfigError(
+            f"model directory {str(folder)!r} does not exist; check --model-dir. To fetch the weights into it: "
+            f"metis-rt download --tasks {target} --model-dir {shlex.quote(str(folder))}"
+        )
+
+
 def cmd_process(args) -> int:
+    check_request_paths(args)  # a typo is reported in a fraction of a second, not after the model stack loads
     from metis_rt.audio.files import write_audio
     from metis_rt.model_settings import check_codebooks
     from metis_rt.models.hub import check_model_dir

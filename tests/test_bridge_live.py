@@ -385,6 +385,7 @@ def test_bridge_through_a_server_plays_and_relays_commands_and_refusals(pulse, b
             await _publish(client, "bypass", "true")  # accepted by the server (session.updated)
             state = await _message(client, f"{BASE}/state")
             assert state["bypass"] is True and state["task"] == "se", state
+            assert isinstance(state["stage1_steps"], int) and len(state["s2a_steps"]) == 12, state  # not null
             await _wait_until(player, 30)
             await asyncio.sleep(TAIL_S)
         return bridge.recorded()

@@ -80,3 +80,24 @@ def test_quick_eval_plots_render(quick_report):
         assert image.shape[0] > 300 and image.shape[1] > 600, (name, image.shape)
         assert np.std(image[..., :3]) > 0.05, name  # drawn, not blank
         assert f"]({name})" in (quick_report / "report.md").read_text()
+
+
+def test_no_interval_under_three_clips_and_plots_stay_in_the_metrics_range():
+    from metis_rt.eval.report import error_bar
+
+    assert math.isnan(mean_ci([1.5, 4.9])[1])  # two clips: t(0.975, 1) would stretch it to -7.5 .. 11
+    mean, half, _ = mean_ci([1.2, 4.9, 4.8])
+    below, above = error_bar("dnsmos_ovrl", mean, half)
+    assert mean - below >= 1.0 and mean + above <= 5.0 and below > 0 and above > 0
+    assert error_bar("si_sdr", 3.0, 2.0) == (2.0, 2.0)  # unbounded metric: the interval as computed
+    assert error_bar("pesq", 2.0, math.nan) == (0.0, 0.0)
+
+
+def test_spectrogram_title_is_readable():
+    from metis_rt.eval.report import describe_condition
+
+    condition = {"snr_db": 5.0, "reverb": True, "rt60_s": 0.62, "drr_db": None, "noise": "babble", "sir_db": None}
+    assert describe_condition(condition) == "SNR 5 dB, babble noise, reverb (RT60 0.6 s)"
+    assert describe_condition({"snr_db": None, "reverb": False}) == "clean"
+    title = describe_condition({"interferer": "speaker f03", "interferer_language": "de", "sir_db": 0.0})
+    assert title == "speaker f03, de at SIR 0 dB" and "{" not in title

@@ -107,5 +107,12 @@ def test_server_messages_encode_with_their_type():
     ready = json.loads(proto.encode(proto.SessionReady("1", 16000, 16000, "f32le", 415.0, 240)))
     assert ready["type"] == "session.ready" and ready["protocol"] == 1
     assert json.loads(proto.encode(proto.Busy(5)))["type"] == "busy"
-    updated = json.loads(proto.encode(proto.Updated({"mix": 0.5}, None, "vc")))
-    assert updated == {"type": "session.updated", "options": {"mix": 0.5}, "voice": None, "task": "vc"}
+    updated = json.loads(proto.encode(proto.Updated({"mix": 0.5}, None, "vc", 4, [8, 4, 1])))
+    assert updated == {
+        "type": "session.updated",
+        "options": {"mix": 0.5},
+        "voice": None,
+        "task": "vc",
+        "stage1_steps": 4,
+        "s2a_steps": [8, 4, 1],
+    }

@@ -369,7 +369,14 @@ def test_switch_se_to_vc_with_a_voice_keeps_streaming(server, speech):
                 old.append(np.frombuffer(message, "<f4"))
         ws.send(update_msg(task="vc", voice="alice"))
         events, _ = events_and_audio(ws, "f32le", until_close=False, until_type="session.updated")
-        assert events[-1] == {"type": "session.updated", "options": {}, "voice": "alice", "task": "vc"}
+        assert events[-1] == {
+            "type": "session.updated",
+            "options": {},
+            "voice": "alice",
+            "task": "vc",
+            "stage1_steps": FAST.stage1,  # the steps in force after the switch: the new task's defaults
+            "s2a_steps": list(FAST.s2a),
+        }
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.server.port}/metrics", timeout=10).read()
         assert f'session="{ready["session_id"]}",task="vc"' in metrics.decode()
         for i in range(sr, len(x), 800):
@@ -405,6 +412,8 @@ def test_task_switch_errors_leave_the_session_working(processor, voices_dir, spe
                 "options": {},
                 "voice": "alice",
                 "task": None,
+                "stage1_steps": FAST.stage1,
+                "s2a_steps": list(FAST.s2a),
             }
             ws.send(update_msg(task="vc"))  # uses the stored voice
             assert json.loads(ws.recv(timeout=60))["task"] == "vc"

@@ -311,7 +311,9 @@ def test_bypass_and_mix_over_mqtt_change_the_output_level(broker, server):
             await s.output(RATE // 2)
             await w.publish(TOPICS.command(s.id, "mix"), b"0.5")
             event, mixed_at = await s.event("session.updated")
-            assert event == {"type": "session.updated", "options": {"mix": 0.5}, "voice": None, "task": None}
+            steps = {"stage1_steps": event.get("stage1_steps"), "s2a_steps": event.get("s2a_steps")}  # those in force
+            assert event == {"type": "session.updated", "options": {"mix": 0.5}, "voice": None, "task": None, **steps}
+            assert isinstance(steps["stage1_steps"], int) and len(steps["s2a_steps"]) == 12
             assert (await w.next_json(TOPICS.state(s.id)))["mix"] == 0.5
             await s.output(mixed_at + SETTLE + MEASURE)
             await w.publish(TOPICS.command(s.id, "bypass"), b"true")

@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from metis_rt.errors import AudioInputError, MetisError
+from metis_rt.errors import AudioInputError, ClippedInputError, MetisError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,28 @@ class AudioOutputError(MetisError):
 # ----------------------------------------------------------------------------- reading
 def supported_read_formats() -> list[str]:
     return sorted(sf.available_formats())
+
+
+def check_audio_file(path: str | Path, what: str = "audio file") -> None:
+    """Cheap: `path` exists and its header is one libsndfile reads (nothing decoded). AudioInputError if not."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioInputError(f"{what} {str(path)!r} does not exist (or is not a file); check the path")
+    try:
+        sf.info(str(path))
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioInputError(
+            f"cannot read {what} {str(path)!r}: soundfile says {exc}. "
+            f"Supported formats: {', '.join(supported_read_formats())}; convert the file to WAV or FLAC."
+        ) from exc
+
+
+def check_output_extension(path: str | Path) -> Path:
+    """AudioOutputError unless the extension of `path` is one :func:`write_audio` writes."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITE_FORMATS:
+        raise AudioOutputError(f"cannot write {str(path)!r}: use one of the extensions {', '.join(WRITE_FORMATS)}")
+    return path
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -99,7 +121,7 @@ def validate_speech(
     if clipped and allow_clipped:
         logger.warning("%s (continuing: clipping allowed)", clipped)
     elif clipped:
-        raise AudioInputError(f"{clipped}; pass allow_clipped=True (--allow-clipped) to process it anyway")
+        raise ClippedInputError(clipped)
 
 
 def _check_finite(x: np.ndarray, sr: int, name: str) -> None:

@@ -122,6 +122,13 @@ def routed(kind: str, pulse_name: str | None) -> Iterator[None]:
             os.environ[key] = saved
 
 
+def _latency_p50(stats: dict) -> float | None:
+    """The median latency: ``latency_ms_p50`` of the local engine's metrics, ``latency_ms`` of a server's stats
+    event (its median); None before anything was measured."""
+    value = stats.get("latency_ms_p50", stats.get("latency_ms"))
+    return None if value is None else round(float(value), 1)
+
+
 def stats_payload(backend: Backend, playout: Playout, counters: BridgeCounters, input_rate: int) -> dict:
     """What ``<prefix>/<node>/stats`` carries: the processing side's figures and the bridge's own."""
     s = backend.stats()
@@ -129,7 +136,7 @@ def stats_payload(backend: Backend, playout: Playout, counters: BridgeCounters, 
     return {
         "algorithmic_latency_ms": round(backend.latency_ms, 1),
         "rtf": round(float(s.get("rtf", 0.0)), 3),
-        "latency_ms_p50": round(float(s.get("latency_ms_p50", 0.0)), 1),
+        "latency_ms_p50": _latency_p50(s),
         "dropped_ms": round(float(s.get("dropped_ms", 0.0)) + dropped_client, 1),
         "buffer_ms": round(playout.depth_ms, 1),
         "underruns": playout.jitter.underruns,

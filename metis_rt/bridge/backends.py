@@ -61,6 +61,15 @@ class BridgeSettings:
         return state
 
 
+def with_steps(settings: BridgeSettings, stage1: int | None, s2a: Sequence[int] | None) -> BridgeSettings:
+    """`settings` with the steps a server reported in force (values it did not report are kept)."""
+    return dataclasses.replace(
+        settings,
+        stage1_steps=stage1 if stage1 is not None else settings.stage1_steps,
+        s2a_steps=tuple(s2a) if s2a is not None else settings.s2a_steps,
+    )
+
+
 # ----------------------------------------------------------------------------- in-process engine
 class LocalBackend:
     """An engine thread of our own with one session; ``tasks`` are the tasks whose models were loaded."""
@@ -262,6 +271,7 @@ class RemoteBackend:
             self.ws, self.ready = await wire.open_session(self.url, start, self.token)
         except wire.ClientError as exc:
             raise BackendError(str(exc)) from exc
+        self.settings = with_steps(self.settings, self.ready.stage1_steps, self.ready.s2a_steps)  # those in force
 
     def push(self, block: np.ndarray) -> None:
         """Overload policy: when the socket cannot keep up the *oldest* block is dropped (counted)."""
@@ -332,7 +342,10 @@ class RemoteBackend:
                 self._answer = None
         if answer["type"] == "error":
             raise CommandError(f"the server refused it: {answer.get('code')}: {answer.get('message')}")
-        self.settings = new
+        # the steps the server runs now (after a task switch: that task's defaults); an older server says nothing
+        self.settings = with_steps(
+            new, wire.reported_steps(answer.get("stage1_steps")), wire.reported_step_list(answer.get("s2a_steps"))
+        )
 
     def _request(self, command: Command) -> tuple[str, BridgeSettings]:
         """The ``session.update`` for ``command`` and the settings once the server accepted it."""

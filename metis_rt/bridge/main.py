@@ -16,9 +16,10 @@ from pathlib import Path
 
 from metis_rt.bridge import app
 from metis_rt.bridge.backends import BackendError, BridgeSettings, LocalBackend, RemoteBackend
-from metis_rt.bridge.virtual_mic import DEFAULT_DESCRIPTION, DEFAULT_SINK_NAME, VirtualMic
+from metis_rt.bridge.virtual_mic import DEFAULT_DESCRIPTION, DEFAULT_SINK_NAME, VirtualMic, describe_pulse_endpoints
 from metis_rt.clients import devices as dev
 from metis_rt.clients import wire
+from metis_rt.clients.alsa_messages import route_alsa_messages
 from metis_rt.clients.mic import MAX_REFERENCE_BYTES
 from metis_rt.clients.terminal import StatusDisplay, cbreak_keys
 from metis_rt.config import TASKS
@@ -225,9 +226,12 @@ def main(argv: Sequence[str] | None = None, *, processor=None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
+        route_alsa_messages()  # alsa-lib's "underrun occurred" lines would break the status line; xruns are counted
         sd = dev.load_sounddevice()
         if args.list_devices:
             print(dev.describe(*dev.query(sd)))
+            if sys.platform.startswith("linux"):
+                print(describe_pulse_endpoints())
             return EXIT_OK
         reference = check_args(args)
         broker, node = broker_from_args(args)

@@ -209,6 +209,24 @@ def _short_names(kind: str) -> set[str]:
     return {line.split("\t")[1] for line in lines if line.count("\t") >= 1}
 
 
+def pulse_endpoints() -> tuple[list[str], list[str]]:
+    """(sources, sinks) by PulseAudio name: what ``pulse:NAME`` takes. VirtualMicError when pactl cannot say."""
+    return sorted(_short_names("sources")), sorted(_short_names("sinks"))
+
+
+def describe_pulse_endpoints() -> str:
+    """The ``--list-devices`` section for PulseAudio / PipeWire-pulse, or one line saying why there is none."""
+    try:
+        sources, sinks = pulse_endpoints()
+    except VirtualMicError as exc:
+        return f"PulseAudio: no names to list ({exc})"
+    lines = ["PulseAudio sources (--input pulse:NAME):"]
+    lines += [f"  pulse:{name}" for name in sources] or ["  (none)"]
+    lines.append("PulseAudio sinks (--output-device or --monitor pulse:NAME):")
+    lines += [f"  pulse:{name}" for name in sinks] or ["  (none)"]
+    return "\n".join(lines)
+
+
 def default_state_dir() -> Path | None:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     return Path(runtime) / STATE_SUBDIR if runtime else None

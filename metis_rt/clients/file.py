@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,8 +188,8 @@ class _Stream:
                     self.flushed.set()
                 elif kind in self.events:
                     self.events[kind].append(event)
-                    if kind != "stats":
-                        log.warning("server %s %s: %s", kind, event.get("code"), event.get("message"))
+                    if kind != "stats":  # the report lists each once at the end; -v shows them as they come
+                        log.info("server %s %s: %s", kind, event.get("code"), event.get("message"))
 
     def output(self) -> np.ndarray:
         return np.concatenate(self.outputs) if self.outputs else np.zeros(0, dtype=np.float32)
@@ -265,8 +266,13 @@ def report_lines(report: dict[str, Any]) -> list[str]:
             f"server: rtf {server['rtf']:.3f}, compute per hop {server['hop_compute_ms']:.1f} ms, latency "
             f"{server['latency_ms']:.1f} ms, dropped {server['dropped_ms']:.0f} ms, hops {server['hops']}"
         )
-    lines += [f"warning {w.get('code')}: {w.get('message')}" for w in report["warnings"]]
-    return lines
+    return lines + warning_lines(report["warnings"])
+
+
+def warning_lines(warnings: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct server warning, with how often it came (an overload repeats every hop)."""
+    counts = Counter((str(w.get("code")), str(w.get("message"))) for w in warnings)
+    return [f"warning {code}: {message}" + (f" (x{n})" if n > 1 else "") for (code, message), n in counts.items()]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -295,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.task == "tts":
+        print(f"file_client: error: {wire.TTS_NOT_HERE}", file=sys.stderr)
+        return EXIT_USAGE
     if args.packet_ms <= 0 or args.packet_ms > MAX_FRAME_S * 1000:
         print(f"file_client: error: --packet-ms must be in (0, {MAX_FRAME_S * 1000:g}]", file=sys.stderr)
         return EXIT_USAGE

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 
 from metis_rt.clients import devices as dev
 from metis_rt.clients import wire
+from metis_rt.clients.alsa_messages import route_alsa_messages
 from metis_rt.clients.jitter import JitterBuffer
 from metis_rt.clients.terminal import StatusDisplay, cbreak_keys
 from metis_rt.errors import MetisError
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> bytes | None:
     """Usage errors the server would reject anyway, caught before any device opens; returns the reference."""
+    if args.task == "tts":
+        raise dev.AudioDeviceError(wire.TTS_NOT_HERE)
     if args.rate is not None and not MIN_RATE <= args.rate <= MAX_RATE:
         raise dev.AudioDeviceError(f"--rate must be in [{MIN_RATE}, {MAX_RATE}] Hz, got {args.rate}")
     if not 0.0 <= args.mix <= 1.0:
@@ -418,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
+        route_alsa_messages()  # alsa-lib prints xruns on stderr, through the status line; PortAudio counts them
         sd = dev.load_sounddevice()
         if args.list_devices:
             print(dev.describe(*dev.query(sd)))

@@ -135,7 +135,17 @@ def parse_event(text: str) -> dict[str, Any]:
     return event
 
 
+TTS_NOT_HERE = (
+    "--task tts speaks text, and this client streams audio (se, tse, vc); for TTS run "
+    "`metis-rt process --task tts --text ... --reference VOICE.wav --reference-text ...`, or send `tts.speak` "
+    'messages to the server yourself (docs/protocol.md, "Text to speech")'
+)
+
+
 def ready_from(event: dict[str, Any]) -> proto.SessionReady:
+    """``session.ready`` of an audio session; ClientError for a TTS session's (it has no input rate or latency)."""
+    if event.get("task") == "tts" or "sample_rate" not in event:
+        raise ClientError(f"the server started a {event.get('task', 'non-audio')} session: {TTS_NOT_HERE}")
     return proto.SessionReady(
         str(event["session_id"]),
         int(event["sample_rate"]),
@@ -143,7 +153,21 @@ def ready_from(event: dict[str, Any]) -> proto.SessionReady:
         str(event["format"]),
         float(event["algorithmic_latency_ms"]),
         int(event["chunk_ms"]),
+        str(event.get("stage1", "task")),
+        reported_steps(event.get("stage1_steps")),
+        reported_step_list(event.get("s2a_steps")),
     )
+
+
+def reported_steps(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None
+
+
+def reported_step_list(value: Any) -> list[int] | None:
+    """A server's s2a steps; None when absent (an older server) or malformed."""
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return list(value)
+    return None
 
 
 def close_description(ws: ClientConnection) -> str:

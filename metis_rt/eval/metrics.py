@@ -50,19 +50,20 @@ class MetricInfo:
     label: str  # human-readable name for tables and plots
     unit: str  # "" when dimensionless
     higher_is_better: bool
+    bounds: tuple[float | None, float | None] = (None, None)  # the values the metric can take (None: unbounded)
 
 
 METRICS: dict[str, MetricInfo] = {
-    "pesq": MetricInfo("PESQ (wide-band)", "MOS", True),
-    "stoi": MetricInfo("STOI", "", True),
-    "estoi": MetricInfo("ESTOI", "", True),
+    "pesq": MetricInfo("PESQ (wide-band)", "MOS", True, (1.04, 4.64)),  # the P.862.2 MOS-LQO mapping's range
+    "stoi": MetricInfo("STOI", "", True, (None, 1.0)),  # a correlation: below 0 is possible, above 1 is not
+    "estoi": MetricInfo("ESTOI", "", True, (None, 1.0)),
     "si_sdr": MetricInfo("SI-SDR", "dB", True),
-    "speaker_sim": MetricInfo("Speaker similarity", "cosine", True),
-    "wer": MetricInfo("Relative WER", "", False),  # vs the transcript of the clean (VC: source) signal
-    "dnsmos_sig": MetricInfo("DNSMOS SIG", "MOS", True),
-    "dnsmos_bak": MetricInfo("DNSMOS BAK", "MOS", True),
-    "dnsmos_ovrl": MetricInfo("DNSMOS OVRL", "MOS", True),
-    "dnsmos_p808": MetricInfo("DNSMOS P.808", "MOS", True),
+    "speaker_sim": MetricInfo("Speaker similarity", "cosine", True, (-1.0, 1.0)),
+    "wer": MetricInfo("Relative WER", "", False, (0.0, None)),  # vs the transcript of the clean (VC: source) signal
+    "dnsmos_sig": MetricInfo("DNSMOS SIG", "MOS", True, (1.0, 5.0)),
+    "dnsmos_bak": MetricInfo("DNSMOS BAK", "MOS", True, (1.0, 5.0)),
+    "dnsmos_ovrl": MetricInfo("DNSMOS OVRL", "MOS", True, (1.0, 5.0)),
+    "dnsmos_p808": MetricInfo("DNSMOS P.808", "MOS", True, (1.0, 5.0)),
 }
 ALL: tuple[str, ...] = tuple(METRICS)
 INTRUSIVE: tuple[str, ...] = ("pesq", "stoi", "estoi", "si_sdr")  # need `clean`, computed after align()

@@ -1,6 +1,7 @@
 """The evaluation report folder: ``report.md`` (summary tables), ``clips.csv`` (one row per clip and system) and PNG
 plots (spectrograms before/after, quality vs SNR, quality vs algorithmic latency). Tables give the mean with a 95 %
-confidence interval of the mean (Student t) and the count of clips where the metric was defined.
+confidence interval of the mean (Student t; from 3 clips on: under that only the mean) and the count of clips where
+the metric was defined. Plots clamp an interval to the values its metric can take (e.g. DNSMOS 1-5).
 """
 
 from __future__ import annotations
@@ -19,19 +20,56 @@ SPECTROGRAM_CLIPS = {"se": 3, "tse": 1, "vc": 1}
 LATENCY_METRICS = ("dnsmos_ovrl", "pesq", "si_sdr")
 SNR_METRICS = ("dnsmos_ovrl", "pesq", "si_sdr", "stoi")
 CONDITION_COLUMNS = ("snr_db", "reverb", "noise", "sir_db", "language")
+MIN_CI_CLIPS = 3  # fewer clips give no interval: with 2, t(0.975, 1) = 12.7 times the spread says nothing
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, half-width of the 95 % CI, n) over the finite values; NaN mean when none."""
+    """(mean, half-width of the 95 % CI, n) over the finite values; NaN mean when none, NaN half-width under
+    MIN_CI_CLIPS values."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if len(v) == 0:
         return math.nan, math.nan, 0
-    if len(v) == 1:
-        return float(v[0]), math.nan, 1
+    if len(v) < MIN_CI_CLIPS:
+        return float(v.mean()), math.nan, len(v)
     from scipy import stats
 
     half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return float(v.mean()), half, len(v)
+
+
+def error_bar(metric: str, mean: float, half: float) -> tuple[float, float]:
+    """(below, above) the mean for a plot: the CI clamped to the values the metric can take; (0, 0) for none."""
+    if not math.isfinite(half):
+        return 0.0, 0.0
+    low, high = METRICS[metric].bounds
+    lo = mean - half if low is None else max(mean - half, low)
+    hi = mean + half if high is None else min(mean + half, high)
+    return max(mean - lo, 0.0), max(hi - mean, 0.0)
+
+
+def describe_condition(condition: dict) -> str:
+    """A spectrogram title's condition, e.g. "SNR 5 dB, babble noise, reverb (RT60 0.6 s)"; unset keys left out."""
+    c = {k: v for k, v in condition.items() if v is not None and v is not False and v != ""}  # 0 dB is a value
+    parts = []
+    if "snr_db" in c:
+        parts.append(f"SNR {c['snr_db']:g} dB")
+    if "noise" in c:
+        parts.append(f"{c['noise']} noise" + (f" ({c['noise_detail']})" if "noise_detail" in c else ""))
+    if c.get("reverb"):
+        details = [
+            f"RT60 {c['rt60_s']:.1f} s" if "rt60_s" in c else "",
+            f"DRR {c['drr_db']:g} dB" if "drr_db" in c else "",
+        ]
+        details = [d for d in details if d]
+        parts.append("reverb" + (f" ({', '.join(details)})" if details else ""))
+    if "interferer" in c or "sir_db" in c:
+        who = c.get("interferer", "interfering speaker")
+        lang = f", {c['interferer_language']}" if "interferer_language" in c else ""
+        parts.append(f"{who}{lang}" + (f" at SIR {c['sir_db']:g} dB" if "sir_db" in c else ""))
+    if "reference_speaker" in c:
+        lang = f" ({c['reference_language']})" if "reference_language" in c else ""
+        parts.append(f"target voice {c['reference_speaker']}{lang}")
+    return ", ".join(parts) or "clean"
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -101,12 +139,12 @@ def plot_quality_vs_snr(path: Path, rows: list[dict]) -> bool:
         for system in _systems(se):
             stats = [mean_ci([r.get(metric) for r in se if r["system"] == system and r["snr_db"] == s]) for s in snrs]
             means = [m for m, _, _ in stats]
-            errs = [0.0 if not math.isfinite(h) else h for _, h, _ in stats]
+            errs = np.array([error_bar(metric, m, h) for m, h, _ in stats]).T.reshape(2, -1)
             ax.errorbar(snrs, means, yerr=errs, marker="o", capsize=3, label=system)
         info = METRICS[metric]
         ax.set_xlabel("input SNR (dB)")
         ax.set_ylabel(f"{info.label}" + (f" ({info.unit})" if info.unit else ""))
-        ax.set_title(f"{info.label} vs input SNR (SE, mean ± 95% CI)")
+        ax.set_title(f"{info.label} vs input SNR (SE; mean, 95% CI if ≥ {MIN_CI_CLIPS} clips)", fontsize=10)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.savefig(path, dpi=110)
@@ -129,14 +167,14 @@ def plot_quality_vs_latency(path: Path, rows: list[dict], latency: dict) -> bool
                 continue
             x = latency.get(system)
             x = offline_x if x is None else x
-            err = [0.0 if not math.isfinite(half) else half]
-            ax.errorbar([x], [mean], yerr=err, marker="o", capsize=3, linestyle="none", label=system)
+            below, above = error_bar(metric, mean, half)
+            ax.errorbar([x], [mean], yerr=[[below], [above]], marker="o", capsize=3, linestyle="none", label=system)
         ax.axvline(offline_x, color="grey", alpha=0.3, linestyle="--")
         ax.text(offline_x, ax.get_ylim()[0], " offline", color="grey", fontsize=8, va="bottom")
         info = METRICS[metric]
         ax.set_xlabel("algorithmic latency (ms)")
         ax.set_ylabel(info.label + (f" ({info.unit})" if info.unit else ""))
-        ax.set_title(f"{info.label} vs latency (SE, mean ± 95% CI)")
+        ax.set_title(f"{info.label} vs latency (SE; mean, 95% CI if ≥ {MIN_CI_CLIPS} clips)", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
     fig.savefig(path, dpi=110)
@@ -159,8 +197,9 @@ def plot_spectrograms(path: Path, item: dict, root: Path, outputs: dict[str, Pat
         ax.set_ylabel("Hz")
         ax.set_title(label, fontsize=9, loc="left")
     np.atleast_1d(axes)[-1].set_xlabel("time (s)")
-    condition = item.get("condition") or {}
-    fig.suptitle(f"{item['id']} ({item['task']}) {condition}", fontsize=9)
+    fig.suptitle(
+        f"{item['id']} ({item['task'].upper()}): {describe_condition(item.get('condition') or {})}", fontsize=9
+    )
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -208,7 +247,8 @@ def write_report(
         + (f" — at most {info['per_task']} per task (fixed seeded sample)" if info.get("per_task") else ""),
         f"- wall time: {info['wall_s']} s; mean processing time per clip: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in info["seconds_per_clip"].items()),
-        "- cells: mean ± 95 % CI of the mean (clips where defined); ↑ higher is better, ↓ lower is better",
+        f"- cells: mean ± 95 % CI of the mean (clips where defined; no interval under {MIN_CI_CLIPS} clips); "
+        "↑ higher is better, ↓ lower is better",
         "- WER is relative to pocketsphinx's transcript of the clean reference (VC: of the source): a rough trend",
         "- speaker similarity: to the clean target (SE, TSE) or to the target voice (VC)",
         "",

@@ -71,14 +71,17 @@ class MetisModels:
 
     def __init__(self, model_dir: Path, tasks: Sequence[str], device: str = "cpu", deterministic: bool = True):
         from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for
-        from metis_rt.models.hub import check_model_dir
+        from metis_rt.models.hub import check_model_dir, usable_tasks
         from metis_rt.pipeline.components import load_components, resolve_config_for_tasks
 
-        self.model_dir, self.tasks, self.deterministic = Path(model_dir), tuple(tasks), deterministic
+        self.model_dir, self.deterministic = Path(model_dir), deterministic
         self.device = torch.device(device)
         # the configs/*.yaml defaults < the model directory's metis-rt.yaml
         self.official = load_official_for(self.model_dir)
         self.stream_cfg = load_stream_config_for(self.model_dir)
+        cfg, _ = resolve_config_for_tasks(self.model_dir, list(tasks), self.official)
+        # a directory holding only some tasks evaluates those (a warning names the rest and how to fetch them)
+        self.tasks = tuple(usable_tasks(self.model_dir, list(tasks), cfg))
         self.cfg, _ = resolve_config_for_tasks(self.model_dir, list(self.tasks), self.official)
         check_codebooks(self.model_dir, self.cfg, self.tasks, self.official, self.stream_cfg)
         check_model_dir(self.model_dir, list(self.tasks), self.cfg)

@@ -1,4 +1,5 @@
-"""Official weight files: which ones a task needs, whether a model directory has them, and fetching them.
+"""Official weight files: which ones a task needs and whether a model directory has them (fetching them:
+``metis_rt.models.download``).
 
 A *model directory* holds the official Hugging Face repos merged into one tree (paths relative to it)::
 
@@ -10,50 +11,28 @@ A *model directory* holds the official Hugging Face repos merged into one tree (
     config.json                                                   optional, Amphion format (never downloaded)
 
 The Metis and MaskGCT weights are licensed CC BY-NC 4.0 by their authors.
-
-Downloads go through :func:`huggingface_hub.hf_hub_download` into the Hugging Face cache (resumable, with
-progress bars, shared with other tools) and are then *hard-linked* into the model directory (copied when the
-cache is on another file system). A hard link costs no extra disk space, survives a cache clean-up (unlike a
-symlink into the cache), and lets the model directory have its own layout, which differs from the repos' for
-w2v-BERT and the stats file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shlex
-import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from tqdm.auto import tqdm
-
 from metis_rt.config import ALL_TASKS, ModelConfig, stage1_variant
-from metis_rt.errors import ConfigError, MetisError, MissingWeightsError
+from metis_rt.errors import ConfigError, MissingWeightsError
+from metis_rt.models.hub_pins import MASKGCT_REPO, METIS_REPO, W2V_BERT_REPO
 from metis_rt.models.stage1_loading import FULL_VARIANT_FILES, stage1_files
+from metis_rt.models.verify import NOTHING_KNOWN, Expected
 
 logger = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "METIS_RT_MODEL_DIR"
 DEFAULT_MODEL_DIR = "~/.cache/metis-rt/models"
 
-METIS_REPO = "amphion/Metis"
-MASKGCT_REPO = "amphion/MaskGCT"
-W2V_BERT_REPO = "facebook/w2v-bert-2.0"
 W2V_BERT_DIR = "w2v-bert-2.0"
 W2V_BERT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
@@ -63,10 +42,8 @@ LORA_TASKS = ("se", "tse", "vc")  # tasks = metis_base + a LoRA pair (future ful
 
 STATS_FILE = "wav2vec2bert_stats.pt"
 STATS_SHA256 = "c9c176c2b8850ab2e3ba828bbfa969deaf4566ce55db5f2687b8430b87526ad2"  # Amphion's 9,343-byte file
+STATS_SIZE_BYTES = 9_343
 STATS_GITHUB_URL = "https://github.com/open-mmlab/Amphion/raw/main/models/tts/maskgct/ckpt/wav2vec2bert_stats.pt"
-
-PARTIAL_SUFFIX = ".partial"
-HASH_CHUNK_BYTES = 1 << 20
 
 
 # ----------------------------------------------------------------------------- the table
@@ -90,7 +67,7 @@ class WeightFile:
     local_path: str  # relative to the model directory, '/'-separated
     source: HubSource
     tasks: tuple[str, ...]  # the tasks that need it, or (EVERY_TASK,)
-    sha256: str | None = None  # checked after download when known
+    expected: Expected = NOTHING_KNOWN  # true of every copy (any source, any revision); pins add per-revision values
     mirrors: tuple[HubSource, ...] = ()  # tried in order when `source` fails
     manual_hint: str = ""  # how to get it by hand when no source works; may use {model_dir}
 
@@ -116,7 +93,7 @@ STATS = WeightFile(
     STATS_FILE,
     HubSource("amphion/maskgct", "models/tts/maskgct/ckpt/wav2vec2bert_stats.pt", repo_type="space"),
     (EVERY_TASK,),
-    sha256=STATS_SHA256,
+    expected=Expected(STATS_SHA256, STATS_SIZE_BYTES),
     mirrors=(HubSource("IndexTeam/IndexTTS-2", STATS_FILE),),
     manual_hint=f"download {STATS_GITHUB_URL} (Amphion's GitHub) and save it as {{model_dir}}/{STATS_FILE}",
 )
@@ -191,177 +168,81 @@ def download_command(model_dir: str | Path, tasks: Sequence[str]) -> str:
     return f"metis-rt download --tasks {task_list} --model-dir {shlex.quote(str(model_dir))}"
 
 
+def check_model_dir_exists(model_dir: str | Path, tasks: Sequence[str]) -> None:
+    """A mistyped --model-dir is reported as such (not as every file of every task missing)."""
+    root = Path(model_dir).expanduser()
+    if root.is_dir():
+        return
+    what = "is not a folder" if root.exists() else "does not exist"
+    raise MissingWeightsError(
+        str(root),
+        [],
+        f"model directory {str(root)!r} {what}; check --model-dir (or ${MODEL_DIR_ENV}). "
+        f"To fetch the weights into it: {download_command(root, tasks)}",
+    )
+
+
+@dataclass(frozen=True)
+class TaskAvailability:
+    """Which of the asked tasks a model directory can run now, and what the others lack."""
+
+    model_dir: Path
+    present: tuple[str, ...]
+    missing: dict[str, tuple[str, ...]]  # task -> the download targets it lacks (its stage-1 variants)
+    n_missing_files: int
+
+    def note(self) -> str:
+        """One line: what is served, what is not and the exact command that fetches the rest."""
+        targets = list(dict.fromkeys(t for ts in self.missing.values() for t in ts))
+        return (
+            f"running {', '.join(self.present)} only: {', '.join(self.missing)} lack(s) {self.n_missing_files} "
+            f"file(s) in {str(self.model_dir)!r}; fetch them with: {download_command(self.model_dir, targets)}"
+        )
+
+
+def task_availability(
+    model_dir: str | Path,
+    tasks: Sequence[str],
+    cfg: ModelConfig | None = None,
+    targets_of: Callable[[str], Sequence[str]] = lambda task: [task],
+) -> TaskAvailability:
+    """Split `tasks` into those whose files are all present and those lacking some (`targets_of`: the download
+    targets a task needs, e.g. ``["omni"]`` when it runs on Metis-Omni)."""
+    root = Path(model_dir).expanduser()
+    check_model_dir_exists(root, [t for task in tasks for t in targets_of(task)])
+    present, missing, absent = [], {}, set()
+    for task in tasks:
+        lacking = missing_files(root, list(targets_of(task)), cfg)
+        if lacking:
+            missing[task] = tuple(targets_of(task))
+            absent.update(f.local_path for f in lacking)
+        else:
+            present.append(task)
+    return TaskAvailability(root, tuple(present), missing, len(absent))
+
+
+def usable_tasks(
+    model_dir: str | Path,
+    tasks: Sequence[str],
+    cfg: ModelConfig | None = None,
+    targets_of: Callable[[str], Sequence[str]] = lambda task: [task],
+) -> list[str]:
+    """The tasks of `tasks` that `model_dir` can run; a warning names the others and how to fetch them.
+
+    Raises MissingWeightsError (every absent file, one download command) when none can run.
+    """
+    avail = task_availability(model_dir, tasks, cfg, targets_of)
+    if not avail.present:
+        check_model_dir(model_dir, list(dict.fromkeys(t for task in tasks for t in targets_of(task))), cfg)
+    if avail.missing:
+        logger.warning("%s", avail.note())
+    return list(avail.present)
+
+
 def check_model_dir(model_dir: str | Path, tasks: Sequence[str], cfg: ModelConfig | None = None) -> None:
     """Raise MissingWeightsError naming every absent file and the command that fetches them."""
+    check_model_dir_exists(model_dir, tasks)
     missing = missing_files(model_dir, tasks, cfg)
     if missing:
         hint = f"Fetch them with:\n  {download_command(model_dir, tasks)}"
         raise MissingWeightsError(str(model_dir), [f.local_path for f in missing], hint)
-
-
-# ----------------------------------------------------------------------------- downloading
-class DownloadError(MetisError):
-    """Some model files could not be fetched; `failures` maps local paths to reasons (one per source)."""
-
-    def __init__(self, model_dir: Path, failures: dict[str, list[str]], n_wanted: int):
-        self.model_dir = model_dir
-        self.failures = failures
-        lines = [f"could not fetch {len(failures)} of {n_wanted} file(s) into {str(model_dir)!r}:"]
-        for local_path, reasons in failures.items():
-            lines.append(f"  - {local_path}")
-            lines.extend(f"      {reason}" for reason in reasons)
-        lines.append(
-            "What to do: check the network (or unset HF_HUB_OFFLINE); for gated repos log in with "
-            "`hf auth login` or pass a token; then run the download again: files already fetched are kept "
-            "and partial downloads resume."
-        )
-        super().__init__("\n".join(lines))
-
-
-class _ChecksumMismatch(Exception):
-    pass
-
-
-class _SilentTqdm(tqdm):
-    """A tqdm that never draws (hf_hub_download's `tqdm_class` when progress=False)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
-
-
-@dataclass
-class _Fetcher:
-    cache_dir: Path | None
-    token: str | bool | None
-    progress: bool
-    unreachable: str | None = None  # after a connection failure: later files come from the cache only
-
-    def fetch(self, wf: WeightFile, model_dir: Path) -> list[str]:
-        """Materialise `wf` under `model_dir`; return a failure reason per source tried (none on success)."""
-        reasons = []
-        for src in wf.sources:
-            try:
-                cached = self._download(src)
-                _verify_sha256(cached, wf.sha256)
-                how = _materialise(cached, model_dir / wf.local_path)
-                logger.info("%s: fetched from %s (%s)", wf.local_path, src.describe(), how)
-                return []
-            except Exception as exc:  # any failure of one source is reported, and the next source tried
-                logger.debug("fetching %s from %s failed", wf.local_path, src.describe(), exc_info=True)
-                reasons.append(f"{src.describe()}: {self._explain(exc)}")
-        if wf.manual_hint:
-            reasons.append(f"by hand: {wf.manual_hint.format(model_dir=model_dir)}")
-        return reasons
-
-    def _download(self, src: HubSource) -> Path:
-        logger.info("fetching %s", src.describe())
-        path = hf_hub_download(
-            src.repo_id,
-            src.filename,
-            repo_type=src.repo_type,
-            cache_dir=self.cache_dir,
-            token=self.token,
-            local_files_only=self.unreachable is not None,
-            tqdm_class=None if self.progress else _SilentTqdm,
-        )
-        return Path(path)
-
-    def _explain(self, exc: Exception) -> str:
-        """A one-line reason for `exc`; remembers a connection failure so later files skip the network."""
-        if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError)) and hf_constants.HF_HUB_OFFLINE:
-            return "HF_HUB_OFFLINE=1 is set and the file is not in the Hugging Face cache"
-        if isinstance(exc, LocalEntryNotFoundError) and self.unreachable is not None:
-            return f"not in the Hugging Face cache, and the hub was unreachable earlier ({self.unreachable})"
-        if isinstance(exc, (LocalEntryNotFoundError, ConnectionError, TimeoutError)):
-            cause = exc.__cause__ or exc
-            self.unreachable = f"{type(cause).__name__}: {_first_line(cause)}"
-            return f"cannot reach the Hugging Face Hub and the file is not cached ({self.unreachable})"
-        return _explain_hub_error(exc)
-
-
-def _explain_hub_error(exc: Exception) -> str:
-    if isinstance(exc, GatedRepoError):
-        return "gated repository (HTTP 401/403): accept its terms on huggingface.co, log in or pass a token"
-    if isinstance(exc, RepositoryNotFoundError):
-        return "repository not found, or private and no valid token was given (HTTP 401/404)"
-    if isinstance(exc, RevisionNotFoundError):
-        return "revision not found in the repository"
-    if isinstance(exc, EntryNotFoundError):
-        return "file not found in the repository (HTTP 404)"
-    if isinstance(exc, HfHubHTTPError):
-        status = getattr(getattr(exc, "response", None), "status_code", "?")
-        return f"HTTP {status} from the hub: {_first_line(exc)}"
-    if isinstance(exc, _ChecksumMismatch):
-        return str(exc)
-    return f"{type(exc).__name__}: {_first_line(exc)}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _verify_sha256(path: Path, expected: str | None) -> None:
-    if expected is None:
-        return
-    got = _file_sha256(path)
-    if got != expected:
-        raise _ChecksumMismatch(
-            f"sha256 mismatch: expected {expected}, got {got} (cached at {path}; delete it if it is corrupt)"
-        )
-
-
-def _materialise(cached: Path, dest: Path) -> str:
-    """Hard-link (or, across file systems, copy) a cached file to `dest` atomically; say which was done."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + PARTIAL_SUFFIX)
-    tmp.unlink(missing_ok=True)
-    blob = cached.resolve()
-    try:
-        os.link(blob, tmp)
-        how = "hard link to the Hugging Face cache"
-    except OSError:
-        shutil.copyfile(blob, tmp)
-        how = "copied from the Hugging Face cache"
-    os.replace(tmp, dest)
-    return how
-
-
-def download(
-    model_dir: str | Path,
-    tasks: Sequence[str],
-    cfg: ModelConfig | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
-    progress: bool = True,
-) -> list[Path]:
-    """Fetch the files `tasks` need into `model_dir`, skipping those present; return the paths fetched.
-
-    Raises DownloadError listing every file that could not be fetched and why (after trying all of them).
-    """
-    root = Path(model_dir).expanduser()
-    wanted = required_files(tasks, cfg)
-    todo = [f for f in wanted if not (root / f.local_path).is_file()]
-    n_present = len(wanted) - len(todo)
-    logger.info("%d of %d file(s) already in %s; fetching %d", n_present, len(wanted), root, len(todo))
-    fetcher = _Fetcher(Path(cache_dir).expanduser() if cache_dir else None, token, progress)
-    failures: dict[str, list[str]] = {}
-    fetched: list[Path] = []
-    for wf in todo:
-        reasons = fetcher.fetch(wf, root)
-        if reasons:
-            failures[wf.local_path] = reasons
-        else:
-            fetched.append(root / wf.local_path)
-    if failures:
-        raise DownloadError(root, failures, len(todo))
-    return fetched

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from metis_rt.audio.files import WRITE_FORMATS, AudioOutputError, load_for_model, write_audio
+from metis_rt.audio.files import check_output_extension, load_for_model, write_audio
 from metis_rt.config import OfficialConfig, TaskDecoding
 from metis_rt.errors import ConfigError
 from metis_rt.models.decoding import GumbelNoise, NoiseSource, ZeroNoise
@@ -92,10 +92,7 @@ def read_inputs(task: str, input_path, reference_path=None, *, allow_clipped: bo
 
 
 def check_output_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.suffix.lower() not in WRITE_FORMATS:
-        raise AudioOutputError(f"cannot write {str(path)!r}: use one of the extensions {', '.join(WRITE_FORMATS)}")
-    return path
+    return check_output_extension(path)
 
 
 def process(

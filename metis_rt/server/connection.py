@@ -161,6 +161,8 @@ class Connection:
                 round(session.latency_ms, 2),
                 self.server.geometry.chunk_ms,
                 family,
+                self.steps.stage1,
+                list(self.steps.s2a),
             )
         )
 
@@ -265,7 +267,7 @@ class Connection:
         if "mix" in opts or "bypass" in opts:
             self.mix, self.bypass = opts.get("mix", self.mix), opts.get("bypass", self.bypass)
             session.set_mix(self.mix, self.bypass)
-        self._queue_event(proto.Updated(dict(opts), update.voice, update.task))
+        self._queue_event(proto.Updated(dict(opts), update.voice, update.task, steps.stage1, list(steps.s2a)))
         self.server.session_changed(self)
 
     async def _check(self, update: proto.SessionUpdate) -> tuple[str, StepsConfig, TaskDecoding, Reference]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +114,24 @@ def server_config(args):
     return server_cfg
 
 
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError (one line) when `port` on `host` cannot be bound: checked before the slow model load."""
+    if not port:
+        return  # 0: any free port
+    family = socket.AF_INET6 if ":" in (host or "") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is already in use (another metis-rt server?): stop that process or "
+                    "choose another port with --port"
+                ) from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def mqtt_password() -> str | None:
     from metis_rt.control.commands import MQTT_PASSWORD_ENV
 
@@ -122,7 +142,7 @@ def build_server(args):
     import torch
 
     from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for
-    from metis_rt.models.hub import check_model_dir, default_model_dir
+    from metis_rt.models.hub import check_model_dir, default_model_dir, stage1_targets, usable_tasks
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config, resolve_config_for_tasks
     from metis_rt.server.app import MetisServer
     from metis_rt.streaming.config import STREAMING_CONFIG
@@ -130,14 +150,22 @@ def build_server(args):
 
     tasks, families, variants = plan_models(args.tasks, args.stage1)
     server_cfg = server_config(args)  # before the models load: a bad broker URL fails at once
+    check_port_free(server_cfg.host, server_cfg.port)  # ... and so does a port in use
     model_dir = (args.model_dir or default_model_dir()).expanduser()
     official = load_official_for(model_dir)  # configs/metis.yaml < the model directory's metis-rt.yaml
     stream_cfg = load_stream_config_for(model_dir, args.stream_config or STREAMING_CONFIG)
-    lora_tasks = [v for v in variants if v in TASKS]  # each a LoRA over metis_base: its rank names its files
-    if lora_tasks:
-        cfg, _ = resolve_config_for_tasks(model_dir, lora_tasks, official)
-    else:
-        cfg, _ = resolve_config(model_dir, variants[0], official)
+
+    def model_config(variants):
+        lora_tasks = [v for v in variants if v in TASKS]  # each a LoRA over metis_base: its rank names its files
+        if lora_tasks:
+            return resolve_config_for_tasks(model_dir, lora_tasks, official)[0]
+        return resolve_config(model_dir, variants[0], official)[0]
+
+    cfg = model_config(variants)
+    present = usable_tasks(model_dir, tasks, cfg, lambda task: [v for f in families for v in stage1_targets([task], f)])
+    if present != tasks:  # serve what the directory holds (the warning names the rest and how to fetch it)
+        tasks, families, variants = plan_models(",".join(present), args.stage1)
+        cfg = model_config(variants)
     check_codebooks(model_dir, cfg, tasks, official, stream_cfg)
     check_model_dir(model_dir, variants, cfg)  # exactly the files of these stage-1 models, before any loading
     tokenizer = None
@@ -182,5 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetisError as exc:
         print(f"metis-rt serve: error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(server))
+    try:
+        asyncio.run(_serve(server))
+    except OSError as exc:  # the port was taken while the models loaded
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        print(f"metis-rt serve: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0

@@ -129,6 +129,8 @@ class SessionReady:
     algorithmic_latency_ms: float
     chunk_ms: int
     stage1: str = "task"  # the stage-1 family running the session
+    stage1_steps: int | None = None  # the decoding steps in force (the server's defaults unless the start chose)
+    s2a_steps: list[int] | None = None
     protocol: int = PROTOCOL_VERSION
     type: str = "session.ready"
 
@@ -200,6 +202,8 @@ class Updated:
     options: dict[str, Any]
     voice: str | None
     task: str | None = None  # the new task when the update switched it
+    stage1_steps: int | None = None  # the decoding steps in force after the update
+    s2a_steps: list[int] | None = None
     type: str = "session.updated"
 
 
