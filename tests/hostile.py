@@ -129,8 +129,9 @@ class HostileRun:
         try:
             with connect(self.url, max_size=2**24) as ws:
                 ws.send(json.dumps(START))
-                if json.loads(ws.recv(timeout=60))["type"] != "session.ready":
-                    return
+                ready = ws.recv(timeout=60)
+                if json.loads(ready)["type"] != "session.ready":
+                    return self._fail(f"paced session {i} refused: {ready[:200]}")
                 t0 = time.perf_counter()
                 for k, i0 in enumerate(range(0, len(x), PACKET)):
                     delay = t0 + k * PACKET / RATE - time.perf_counter()
@@ -138,19 +139,21 @@ class HostileRun:
                         time.sleep(delay)
                     ws.send(x[i0 : i0 + PACKET].tobytes())
                 ws.send(json.dumps({"type": "session.end"}))
-                samples, bad = 0, False
+                samples, bad = 0, []
                 try:
                     while True:
                         msg = ws.recv(timeout=60)
                         if isinstance(msg, bytes):
                             samples += len(msg) // 4
                         elif json.loads(msg)["type"] in ("error", "warning"):
-                            bad = True
+                            bad.append(msg[:200])
                 except ConnectionClosed:
                     pass
             if samples == len(x) and not bad:
                 with self._lock:
                     self.result.paced_exact += 1
+            else:
+                self._fail(f"paced session {i}: {samples} of {len(x)} samples; {bad[:3]}")
         except Exception as exc:  # noqa: BLE001 - a paced session failing is counted as not exact
             self._fail(f"paced session {i}: {exc!r}"[:200])
 
