@@ -9,7 +9,8 @@ from collections.abc import Callable
 import numpy as np
 
 MAX_EVENTS = 256  # text frames (events) waiting for the socket
-MAX_FRAME_BYTES = 8 * 1024 * 1024  # bytes of text and pre-encoded binary frames waiting (a TTS sentence is ~1 MB)
+MAX_FRAME_BYTES = 32 * 1024 * 1024  # bytes of text and binary frames waiting (a 1000-character TTS sentence at
+# 48 kHz float32 is ~14 MB; its producer puts one sentence at a time)
 
 
 class Outbox:
