@@ -416,9 +416,10 @@ class Connection:
         """Before a stream's counters restart (flush, session.end): a warning for drops not reported yet, written
         ahead of ``flushed`` / the close, so drops in the last second of a stream are reported too."""
         dropped = self.session.metrics.snapshot()["dropped_ms"]
-        if dropped > self.dropped_reported_ms:
-            await self.ws.send(proto.encode(self._overload_warning(dropped - self.dropped_reported_ms)))
-            self.dropped_reported_ms = dropped
+        reported = min(self.dropped_reported_ms, dropped)  # a task switch restarted the counters
+        if dropped > reported:
+            await self.ws.send(proto.encode(self._overload_warning(dropped - reported)))
+        self.dropped_reported_ms = dropped
 
     @staticmethod
     def _overload_warning(dropped_ms: float) -> proto.OverloadWarning:
@@ -454,6 +455,8 @@ class Connection:
             )
             self._queue_event(stats)
             self.server.session_stats(self, stats)
+            # a task switch restarts the stream's counters
+            self.dropped_reported_ms = min(self.dropped_reported_ms, snap["dropped_ms"])
             if snap["dropped_ms"] > self.dropped_reported_ms:
                 self._queue_event(self._overload_warning(snap["dropped_ms"] - self.dropped_reported_ms))
                 self.dropped_reported_ms = snap["dropped_ms"]
