@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=18)
     ap.add_argument("--paced", type=int, default=2, help="paced legit sessions alongside (each 20 s, repeated)")
     ap.add_argument("--flood-mib", type=int, default=320)
+    ap.add_argument("--flood-rounds", type=int, default=1, help="repeat the flood (RSS after each)")
     ap.add_argument("--processor", choices=["tiny", "identity"], default="tiny", help="see bench/server_process.py")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hostile.json")
     args = ap.parse_args()
@@ -82,9 +83,12 @@ def main() -> None:
                     total.kinds[k] = total.kinds.get(k, 0) + v
             print(f"{total.cases} cases, rss {server.rss_mb():.0f} MB, alive {server.alive()}", flush=True)
         rss_before_flood = server.rss_mb()
-        flood(server.url, args.flood_mib)
-        time.sleep(2)
-        rss_after_flood = server.rss_mb()
+        rss_after_floods = []  # the same flood again and again: held memory must plateau, not grow
+        for _ in range(args.flood_rounds):
+            flood(server.url, args.flood_mib)
+            time.sleep(2)
+            rss_after_floods.append(round(server.rss_mb(), 1))
+        rss_after_flood = rss_after_floods[-1] if rss_after_floods else rss_before_flood
         health = server.health()
         closed_not_reading = server.metric("metis_clients_closed_not_reading_total")
         alive = server.alive()
@@ -104,6 +108,7 @@ def main() -> None:
             "start": round(rss_start, 1),
             "before_flood": round(rss_before_flood, 1),
             "after_flood_closed": round(rss_after_flood, 1),
+            "after_each_flood": rss_after_floods,
         },
         "flood_mib": args.flood_mib,
         "closed_not_reading": closed_not_reading,
