@@ -501,7 +501,7 @@ def test_hostile_inputs_seeded_suite(served, caplog):
     """A bounded, seeded mix of items 1-7 (bench/hostile.py: the long run) while a paced session streams alongside:
     no error in the server log, every text message answered, the paced session's output exact."""
     caplog.set_level(logging.INFO)
-    result = HostileRun(served.url, seed=18, cases=250, paced_sessions=1, paced_s=6.0).run()
+    result = HostileRun(served.url, seed=18, cases=150, paced_sessions=1, paced_s=6.0).run()
     assert result.unhandled == 0 and result.hangs == 0 and result.crashes == 0, result.failures[:5]
     assert result.paced_exact == result.paced_sessions == 1
     assert not server_errors(caplog)
