@@ -416,7 +416,7 @@ def test_mic_client_processes_the_microphone_and_quits_on_q(pulse_env, server_ur
     os.close(slave)
     out = LineReader(client.stdout)
     try:
-        out.wait_for(r"^session \d+: se at \d+ -> \d+ Hz", CLIENT_READY_TIMEOUT_S)
+        out.wait_for(r"^session [0-9a-f]+: se at \d+ -> \d+ Hz", CLIENT_READY_TIMEOUT_S)
         out.wait_for(r"keys: b bypass", 1)  # stdin is a terminal: keys are live
         subprocess.run(["paplay", "-d", "mic_sink", str(SPEECH)], env=pulse_env, check=True, timeout=30)
         time.sleep(SETTLE_S)  # let the processed tail reach the speaker
@@ -452,7 +452,7 @@ def test_mic_client_with_a_monitor_exits_cleanly_on_sigterm(pulse_env, server_ur
     client = _mic_client(pulse_env, *args)
     out = LineReader(client.stdout)
     try:
-        out.wait_for(r"^session \d+: se", CLIENT_READY_TIMEOUT_S)
+        out.wait_for(r"^session [0-9a-f]+: se", CLIENT_READY_TIMEOUT_S)
         client.send_signal(signal.SIGTERM)
         assert client.wait(EXIT_TIMEOUT_S) == 0, out.text()
     finally:

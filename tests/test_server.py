@@ -64,7 +64,8 @@ def voices_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(processor, voices_dir):
-    s = _server(processor, voices_dir=str(voices_dir), max_sessions=20)
+    # admission by max_sessions alone: these tests exercise concurrency; measured admission has its own tests
+    s = _server(processor, voices_dir=str(voices_dir), max_sessions=20, admission="fixed")
     yield s
     s.stop()
 
@@ -214,7 +215,11 @@ def test_sixteen_concurrent_sessions(server, speech):
     for r in results:
         assert r is not None
         _, events, audio = r
-        assert len(audio) == len(x) and not [e for e in events if e["type"] == "error"]
+        # unpaced input from 16 threads on a loaded CPU may legitimately be cut (overload policy); every cut sample
+        # is reported (in overload warnings, the last one before the close), so the accounting is exact
+        dropped_ms = sum(e["dropped_ms"] for e in events if e["type"] == "warning" and e["code"] == "overload")
+        assert len(audio) == len(x) - round(dropped_ms * sr / 1000)
+        assert not [e for e in events if e["type"] == "error"]
     assert max(server.server.engine.batch_sizes) > 1  # sessions really shared engine steps
 
 

@@ -349,7 +349,7 @@ def test_invalid_commands_are_answered_on_the_error_topic_and_change_nothing(bro
                 (TOPICS.command("999", "mix"), b"0.5", f"no session '999' on this server; live sessions: ['{s.id}']"),
                 (TOPICS.command(None, "bypass"), b"true", f"publish to metis/{NODE}/session/<id>/set/<setting>"),
                 (TOPICS.command(s.id, "steps"), b'{"stage1": 500}', "invalid_options: stage1_steps must be"),
-                (TOPICS.command(s.id, "voice"), b"nobody", "unknown_voice: no voice 'nobody'; available: ['alice']"),
+                (TOPICS.command(s.id, "voice"), b"nobody", "unknown_voice: no voice 'nobody' on this server"),
             ]:
                 await w.publish(topic, payload)
                 error = await w.next_json(TOPICS.error)

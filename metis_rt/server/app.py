@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
+import secrets
 import signal
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,10 +30,10 @@ from websockets.exceptions import ConnectionClosed
 
 from metis_rt.config import STAGE1_FAMILIES, OfficialConfig, stage1_variant
 from metis_rt.errors import ConfigError
-from metis_rt.server import http
+from metis_rt.server import admission, http
 from metis_rt.server import protocol as proto
 from metis_rt.server.config import ServerConfig, mqtt_settings
-from metis_rt.server.connection import CLOSE_GOING_AWAY, Connection
+from metis_rt.server.connection import CLOSE_GOING_AWAY, CLOSE_TRY_LATER, Connection
 from metis_rt.server.voices import VoiceLibrary
 from metis_rt.streaming.config import StreamConfig, stream_decoding
 from metis_rt.streaming.engine import Engine
@@ -47,6 +51,18 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_FLUSH_S = 5.0
 WARMUP_REFERENCE_S = 1.0
+SESSION_ID_BYTES = 12  # session ids are random (MQTT topics address sessions by id): 96 bits, not guessable
+WS_MAX_QUEUE = 4  # received frames websockets buffers per connection (each up to max_message_bytes)
+
+
+@dataclass
+class Counters:
+    """Events counted for /metrics (event loop only)."""
+
+    closed_not_reading: int = 0  # clients closed because they stopped reading (outbox full / send timed out)
+    refused_capacity: int = 0  # session.start refused: the engine is at its measured capacity
+    refused_unstarted: int = 0  # connections closed at once: too many open without a session
+    handshake_timeouts: int = 0  # connections closed: no valid session.start in time
 
 
 class MetisServer:
@@ -82,7 +98,9 @@ class MetisServer:
         self.connections: set[Connection] = set()
         self.sessions: dict[str, Connection] = {}  # open sessions by id (MQTT commands address them)
         self.mqtt: ServerMqtt | None = None  # while running with a broker configured (connected or not)
-        self._ids = itertools.count(1)
+        self._engine_ids = itertools.count(1)
+        self.counters = Counters()
+        self.unstarted = 0  # connections open without a session yet
         self._lock = threading.Lock()
         self._stop: asyncio.Event | None = None
         self.port: int | None = None
@@ -120,9 +138,20 @@ class MetisServer:
             raise proto.ProtocolError("stage1_unavailable", str(exc)) from None
         return family
 
+    def capacity(self) -> int:
+        """Sessions admitted now: max_sessions, or fewer when the measured step times say the engine cannot carry
+        more in real time (``admission: measured``)."""
+        if self.cfg.admission != "measured":
+            return self.cfg.max_sessions
+        cost = admission.step_cost(list(self.engine.step_ms), list(self.engine.batch_sizes))
+        return admission.capacity(cost, self.geometry.chunk_ms, self.stream_cfg.engine.max_batch, self.cfg.max_sessions)
+
     def acquire(self, conn: Connection) -> bool:
+        capacity = self.capacity()
         with self._lock:
-            if len(self.connections) >= self.cfg.max_sessions:
+            if len(self.connections) >= capacity:
+                if capacity < self.cfg.max_sessions:
+                    self.counters.refused_capacity += 1
                 return False
             self.connections.add(conn)
             self.sessions_served += 1
@@ -154,7 +183,12 @@ class MetisServer:
             self.mqtt.publish_stats(conn, stats)
 
     def new_session_id(self) -> str:
-        return str(next(self._ids))
+        """A session's public id: random, so one client cannot guess another's (MQTT addresses sessions by id)."""
+        return secrets.token_hex(SESSION_ID_BYTES)
+
+    def new_engine_id(self) -> int:
+        """The engine's key of a stream session (internal, never shown to clients)."""
+        return next(self._engine_ids)
 
     def prepare_reference(self, audio16: np.ndarray, audio24: np.ndarray) -> ReferenceTokens:
         """Blocking; runs the models on the engine thread (call from a worker thread, not the event loop)."""
@@ -170,6 +204,8 @@ class MetisServer:
             "stage1": list(self.stage1),
             "sessions": len(self.connections),
             "max_sessions": self.cfg.max_sessions,
+            "capacity_sessions": self.capacity(),  # what admission allows now (measured step times)
+            "capacity_measured": self._cost() is not None,
             "algorithmic_latency_ms": self.geometry.latency_ms,
             "chunk_ms": self.geometry.chunk_ms,
             "voices": self.voices.names(),
@@ -178,10 +214,26 @@ class MetisServer:
             "mqtt": None if mqtt is None else {"node": mqtt.control.topics.node, "connected": mqtt.connected},
         }
 
+    def _cost(self) -> admission.StepCost | None:
+        return admission.step_cost(list(self.engine.step_ms), list(self.engine.batch_sizes))
+
     def metrics_text(self) -> str:
         steps = list(self.engine.step_ms)
         batches = list(self.engine.batch_sizes)
+        counters = self.counters
         lines = [
+            "# TYPE metis_capacity_sessions gauge",
+            f"metis_capacity_sessions {self.capacity()}",
+            "# TYPE metis_connections_unstarted gauge",
+            f"metis_connections_unstarted {self.unstarted}",
+            "# TYPE metis_clients_closed_not_reading_total counter",
+            f"metis_clients_closed_not_reading_total {counters.closed_not_reading}",
+            "# TYPE metis_sessions_refused_capacity_total counter",
+            f"metis_sessions_refused_capacity_total {counters.refused_capacity}",
+            "# TYPE metis_connections_refused_unstarted_total counter",
+            f"metis_connections_refused_unstarted_total {counters.refused_unstarted}",
+            "# TYPE metis_handshake_timeouts_total counter",
+            f"metis_handshake_timeouts_total {counters.handshake_timeouts}",
             "# TYPE metis_sessions_active gauge",
             f"metis_sessions_active {len(self.connections)}",
             "# TYPE metis_sessions_max gauge",
@@ -209,21 +261,29 @@ class MetisServer:
     ) -> None:
         self._stop = asyncio.Event()
         self.engine.start()
+        bind = host or self.cfg.host
+        check_exposure(bind, self.tokens, self.cfg.insecure)
+        policy = edge_policy(self.cfg, bind, self.tokens)
+        tls = tls_context(self.cfg)
         try:
             await asyncio.to_thread(self.warm_up)
             async with (
                 serve(
                     self._handle,
-                    host or self.cfg.host,
+                    bind,
                     self.cfg.port if port is None else port,
-                    process_request=lambda _conn, req: http.route(req, self.tokens, self.health, self.metrics_text),
+                    process_request=lambda _conn, req: http.route(req, policy, self.health, self.metrics_text),
                     max_size=self.cfg.max_message_bytes,
+                    max_queue=WS_MAX_QUEUE,
+                    ssl=tls,
+                    logger=ws_logger(),
                 ) as server,
                 self._mqtt_running(),
             ):
                 self.port = server.sockets[0].getsockname()[1]
                 self.ready = True
-                log.info("listening on ws://%s:%d%s", host or self.cfg.host, self.port, http.STREAM_PATH)
+                scheme = "wss" if tls is not None else "ws"
+                log.info("listening on %s://%s:%d%s", scheme, bind, self.port, http.STREAM_PATH)
                 if on_ready is not None:
                     on_ready(self.port)
                 await self._stop.wait()
@@ -260,6 +320,10 @@ class MetisServer:
             loop.add_signal_handler(sig, self.stop)
 
     async def _handle(self, ws) -> None:
+        if self.unstarted >= self.cfg.max_unstarted:
+            self.counters.refused_unstarted += 1
+            await ws.close(CLOSE_TRY_LATER, "too many connections without a session")
+            return
         conn = Connection(self, ws)
         try:
             await conn.run()
@@ -298,6 +362,8 @@ class MetisServer:
                     self._warm_up_stream(task, family)
         if self.tts_service is not None:
             self.tts_service.warm_up(self.stage1)
+        self.engine.step_ms.clear()  # first steps pay for lazy initialisation: not what sessions will cost
+        self.engine.batch_sizes.clear()
         log.info("warm-up done for %s (stage-1: %s)", ", ".join(self.tasks), ", ".join(self.stage1))
 
     def _warm_up_stream(self, task: str, family: str) -> None:
@@ -319,3 +385,50 @@ class MetisServer:
         session.push(np.zeros(self.geometry.ssl_samples_needed(0), dtype=np.float32))
         self.engine.wait_idle()
         self.engine.remove(session.id)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine (``localhost`` or a loopback address)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def check_exposure(bind: str, tokens: frozenset[str], insecure: bool) -> None:
+    """ConfigError for a non-loopback bind without a token, unless ``insecure`` says the network is trusted."""
+    if not is_loopback(bind) and not tokens and not insecure:
+        raise ConfigError(
+            f"refusing to listen on {bind!r} (reachable from other machines) without a token: give --token or "
+            "--token-file (and --tls-cert/--tls-key beyond a trusted LAN), or --insecure on a network you trust"
+        )
+
+
+def edge_policy(cfg: ServerConfig, bind: str, tokens: frozenset[str]) -> http.EdgePolicy:
+    """The HTTP edge's checks for this server: its tokens, extra origins, and the host names it answers to."""
+    names = {name.lower() for name in (*cfg.allow_hosts, bind) if name}
+    return http.EdgePolicy(tokens, frozenset(o.lower().rstrip("/") for o in cfg.allow_origins), frozenset(names))
+
+
+def tls_context(cfg: ServerConfig) -> ssl.SSLContext | None:
+    """wss:// and https:// with ``tls_cert`` + ``tls_key``; ConfigError when only one is given or they do not load."""
+    if cfg.tls_cert is None and cfg.tls_key is None:
+        return None
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {cfg.tls_cert} / key {cfg.tls_key}: {exc}") from exc
+    return context
+
+
+def ws_logger() -> logging.Logger:
+    """websockets' logger, with query and bearer tokens redacted (its DEBUG lines quote request lines)."""
+    logger = logging.getLogger("metis_rt.server.websockets")
+    if not any(isinstance(f, http.RedactTokens) for f in logger.filters):
+        logger.addFilter(http.RedactTokens())
+    return logger

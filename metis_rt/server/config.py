@@ -32,6 +32,15 @@ class ServerConfig:
     max_message_bytes: int = 8 * 1024 * 1024
     voices_dir: str | None = None
     busy_retry_after_s: float = 5.0
+    admission: str = "measured"  # "measured": also refuse sessions the engine cannot carry in real time; "fixed"
+    handshake_timeout_s: float = 10.0  # a connection must send a valid session.start within this; else closed 1008
+    max_unstarted: int = 32  # connections open without a session; beyond: closed at once (1013)
+    send_timeout_s: float = 10.0  # a frame that cannot be written for this long: the client stopped reading (closed)
+    allow_origins: tuple[str, ...] = ()  # web origins allowed besides the server's own page and loopback ("*": any)
+    allow_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback names, IP literals and the bound host
+    tls_cert: str | None = None  # PEM certificate (chain): serve wss:// and https://
+    tls_key: str | None = None  # its PEM private key
+    insecure: bool = False  # allow a non-loopback bind without a token (trusted networks only)
     mqtt: str | None = None  # broker URL mqtt[s]://[user[:pass]@]host[:port][/prefix]; None = no MQTT
     mqtt_node: str | None = None  # this server's topic level; None = the host name, sanitised
     mqtt_ca_file: str | None = None  # PEM bundle to trust for mqtts:// (default: the system store)

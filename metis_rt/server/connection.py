@@ -57,6 +57,8 @@ class Connection:
         self.start: proto.SessionStart | None = None
         self.stage1 = "task"  # the stage-1 family running the session
         self.out = Outbox(OUTPUT_QUEUE_ITEMS)
+        self.out.on_overflow = lambda: self._not_reading("its outbox is full")
+        self.dropped_reported_ms = 0.0  # input drops of the current stream already reported in a warning
         self.flushed = asyncio.Event()
         self.reply_flushed = True
         self.mix, self.bypass = 1.0, False
@@ -73,8 +75,14 @@ class Connection:
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def run(self) -> None:
-        start = await self._handshake()
-        if start is None:
+        self.server.unstarted += 1
+        started = False
+        try:
+            start = await self._handshake()
+            started = start is not None
+        finally:
+            self.server.unstarted -= 1
+        if not started:
             return
         try:
             async with asyncio.TaskGroup() as tg:
@@ -90,9 +98,11 @@ class Connection:
             self.server.release(self)
 
     async def _handshake(self) -> proto.SessionStart | None:
-        """Wait for a valid session.start (errors let the client retry); None when the connection ended."""
+        """Wait for a valid session.start (errors let the client retry, within ``handshake_timeout_s`` of the
+        connection's opening); None when the connection ended."""
+        deadline = self.loop.time() + self.server.cfg.handshake_timeout_s
         while True:
-            message = await self._recv()
+            message = await self._recv(deadline)
             if message is None:
                 return None
             if isinstance(message, bytes):
@@ -137,7 +147,7 @@ class Connection:
         )
         sid = self.server.new_session_id()
         session = StreamSession(
-            int(sid),
+            self.server.new_engine_id(),
             spec,
             self.server.geometry,
             self.server.stream_cfg.engine,
@@ -167,13 +177,20 @@ class Connection:
         )
 
     # --- receiving ------------------------------------------------------------------------------
-    async def _recv(self):
-        """The next message, or None when the connection ended or idled (a TTS session speaking is not idle)."""
+    async def _recv(self, deadline: float | None = None):
+        """The next message, or None when the connection ended or idled (a TTS session speaking is not idle) or
+        ``deadline`` (loop time: the handshake's) passed."""
         while True:
+            idle_at = self.loop.time() + self.server.cfg.idle_timeout_s
             try:
-                async with asyncio.timeout(self.server.cfg.idle_timeout_s):
+                async with asyncio.timeout_at(idle_at if deadline is None else min(deadline, idle_at)):
                     return await self.ws.recv()  # cancelling recv() loses no message
             except TimeoutError:
+                if deadline is not None and self.loop.time() >= deadline:
+                    self.server.counters.handshake_timeouts += 1
+                    timeout = self.server.cfg.handshake_timeout_s
+                    await self.ws.close(CLOSE_POLICY, f"no valid session.start within {timeout:g} s")
+                    return None
                 if self.tts is not None and self.tts.busy:
                     continue
                 await self.ws.close(CLOSE_NORMAL, "idle timeout")
@@ -288,7 +305,7 @@ class Connection:
             raise proto.ProtocolError(
                 "voice_required",
                 f"task {task!r} needs a reference voice: name one in the same update or set it first "
-                f"(server voices: {self.server.voices.names()}); this session has none",
+                "(/healthz lists the server's voices); this session has none",
             )
         return task, steps, settings, reference
 
@@ -343,9 +360,8 @@ class Connection:
             raise proto.ProtocolError("invalid_voice", f"this server runs {', '.join(self.server.tasks)}: no voices")
         try:
             return await asyncio.to_thread(self.server.voices.get, name, self.server.prepare_reference)
-        except KeyError:
-            names = self.server.voices.names()
-            raise proto.ProtocolError("unknown_voice", f"no voice {name!r}; available: {names}") from None
+        except KeyError:  # the names are not listed here: /healthz lists them (behind the server's Host check)
+            raise proto.ProtocolError("unknown_voice", f"no voice {proto.excerpt(name)} on this server") from None
 
     def _voices_used(self) -> bool:
         return any(task in PROMPT_TASKS for task in self.server.tasks)
@@ -374,17 +390,23 @@ class Connection:
         while True:
             item = await self.out.get()
             try:
-                if item is FLUSHED:
-                    self.session.reset()
-                    if self.reply_flushed:
-                        await self.ws.send(proto.encode(proto.Flushed()))
-                    self.flushed.set()
-                elif isinstance(item, np.ndarray):
-                    await self.ws.send(proto.encode_pcm(item, self.start.format))
-                elif callable(item):  # a probe of when the items after it go out (TTS time to first audio)
-                    item()
-                else:
-                    await self.ws.send(item)
+                async with asyncio.timeout(self.server.cfg.send_timeout_s):
+                    if item is FLUSHED:
+                        await self._report_drops()
+                        self.session.reset()
+                        self.dropped_reported_ms = 0.0
+                        if self.reply_flushed:
+                            await self.ws.send(proto.encode(proto.Flushed()))
+                        self.flushed.set()
+                    elif isinstance(item, np.ndarray):
+                        await self.ws.send(proto.encode_pcm(item, self.start.format))
+                    elif callable(item):  # a probe of when the items after it go out (TTS time to first audio)
+                        item()
+                    else:
+                        await self.ws.send(item)
+            except TimeoutError:  # one frame could not be written for send_timeout_s: the client stopped reading
+                self._not_reading(f"a frame waited {self.server.cfg.send_timeout_s:g} s for the socket")
+                return
             except ConnectionClosed:
                 self.out.close()  # nothing waits for a dead socket
                 self.flushed.set()
@@ -392,8 +414,29 @@ class Connection:
             finally:
                 self.out.written()
 
+    async def _report_drops(self) -> None:
+        """Before a stream's counters restart (flush, session.end): a warning for drops not reported yet, written
+        ahead of ``flushed`` / the close, so drops in the last second of a stream are reported too."""
+        dropped = self.session.metrics.snapshot()["dropped_ms"]
+        reported = min(self.dropped_reported_ms, dropped)  # a task switch restarted the counters
+        if dropped > reported:
+            await self.ws.send(proto.encode(self._overload_warning(dropped - reported)))
+        self.dropped_reported_ms = dropped
+
+    @staticmethod
+    def _overload_warning(dropped_ms: float) -> proto.OverloadWarning:
+        message = f"the server fell behind: dropped {dropped_ms:.0f} ms of input"
+        return proto.OverloadWarning(message, round(dropped_ms, 3))
+
+    def _not_reading(self, why: str) -> None:
+        """Overload policy for a client that stops reading: drop what waits for it, count it, close it (1008)."""
+        log.info("closing a client that stopped reading (%s)", why)
+        self.server.counters.closed_not_reading += 1
+        self.out.close()
+        self.flushed.set()
+        self.ws.transport.abort()  # a close frame would wait behind the unread data: end the TCP connection
+
     async def _stats_loop(self) -> None:
-        dropped_before = 0.0
         while True:
             await asyncio.sleep(self.server.cfg.stats_interval_s)
             session = self.session
@@ -414,12 +457,8 @@ class Connection:
             )
             self._queue_event(stats)
             self.server.session_stats(self, stats)
-            dropped_before = min(dropped_before, snap["dropped_ms"])  # the counters restart with the stream
-            if snap["dropped_ms"] > dropped_before:
-                self._queue_event(
-                    proto.Warning(
-                        "overload",
-                        f"the server fell behind: dropped {snap['dropped_ms'] - dropped_before:.0f} ms of input",
-                    )
-                )
-                dropped_before = snap["dropped_ms"]
+            # a task switch restarts the stream's counters
+            self.dropped_reported_ms = min(self.dropped_reported_ms, snap["dropped_ms"])
+            if snap["dropped_ms"] > self.dropped_reported_ms:
+                self._queue_event(self._overload_warning(snap["dropped_ms"] - self.dropped_reported_ms))
+                self.dropped_reported_ms = snap["dropped_ms"]

@@ -62,6 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int)
     p.add_argument("--token", action="append", default=[], help="accepted bearer token (repeatable)")
     p.add_argument("--token-file", type=Path, help="file with one accepted token per line")
+    sec = p.add_argument_group("security (docs/security.md)")
+    sec.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="web origin (scheme://host[:port]) allowed to open sessions besides the server's own page and "
+        "loopback pages (repeatable; * = any page: unsafe)",
+    )
+    sec.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME", help="Host name it answers to (repeatable)"
+    )
+    sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="certificate (chain) for wss:// and https://")
+    sec.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    sec.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback --host without a token (trusted networks only)"
+    )
     p.add_argument("--config", type=Path, help="server config YAML (default configs/server.yaml)")
     p.add_argument("--stream-config", type=Path, help="streaming config YAML (default configs/streaming.yaml)")
     p.add_argument("--voices-dir", type=Path, help="folder of named reference voices for TSE/VC")
@@ -106,6 +123,11 @@ def server_config(args):
         "mqtt_node": args.mqtt_node,
         "mqtt_ca_file": str(args.mqtt_ca_file) if args.mqtt_ca_file else None,
         "mqtt_insecure": True if args.mqtt_insecure else None,
+        "allow_origins": tuple(args.allow_origin) or None,
+        "allow_hosts": tuple(args.allow_host) or None,
+        "tls_cert": str(args.tls_cert) if args.tls_cert else None,
+        "tls_key": str(args.tls_key) if args.tls_key else None,
+        "insecure": True if args.insecure else None,
     }
     server_cfg = dataclasses.replace(server_cfg, **{k: v for k, v in changes.items() if v is not None})
     mqtt_settings(server_cfg, mqtt_password())  # ConfigError for a bad URL, node or CA file
@@ -144,13 +166,15 @@ def build_server(args):
     from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for
     from metis_rt.models.hub import check_model_dir, default_model_dir, stage1_targets, usable_tasks
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config, resolve_config_for_tasks
-    from metis_rt.server.app import MetisServer
+    from metis_rt.server.app import MetisServer, check_exposure, tls_context
     from metis_rt.streaming.config import STREAMING_CONFIG
     from metis_rt.streaming.processor import MetisWindowProcessor
 
     tasks, families, variants = plan_models(args.tasks, args.stage1)
     server_cfg = server_config(args)  # before the models load: a bad broker URL fails at once
-    check_port_free(server_cfg.host, server_cfg.port)  # ... and so does a port in use
+    check_exposure(server_cfg.host, frozenset(read_tokens(args)), server_cfg.insecure)  # and an open bind
+    tls_context(server_cfg)  # and unreadable TLS files
+    check_port_free(server_cfg.host, server_cfg.port)  # and a port in use
     model_dir = (args.model_dir or default_model_dir()).expanduser()
     official = load_official_for(model_dir)  # configs/metis.yaml < the model directory's metis-rt.yaml
     stream_cfg = load_stream_config_for(model_dir, args.stream_config or STREAMING_CONFIG)

@@ -95,7 +95,7 @@ class ServerMqtt:
 
     # --- commands -------------------------------------------------------------------------------
     async def on_command(self, session_id: str | None, command: Command) -> None:
-        live = sorted(self.server.sessions, key=int)  # ids are counters
+        live = sorted(self.server.sessions)  # (ids are random; whoever reads the broker sees them in the state topics)
         if session_id is None:
             example = self.control.topics.command("<id>", "<setting>")
             raise CommandError(f"a server addresses sessions: publish to {example} (live sessions: {live or 'none'})")

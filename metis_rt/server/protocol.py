@@ -34,6 +34,8 @@ DEFAULT_LANGUAGE = "en"
 MAX_TEXT_CHARS = 1000  # = metis_rt.text.tokenizer.MAX_TEXT_CHARS (a test keeps them equal)
 MAX_LANGUAGE_CHARS = 16
 MAX_REQUEST_ID_CHARS = 128
+MAX_VOICE_CHARS = 64  # a voice name (a file stem in the voices folder)
+EXCERPT_CHARS = 40  # at most this much of a client's value is quoted back in an error (sanitised)
 
 
 RequestId = str | int | None  # a client's id of a tts.speak request, echoed as given
@@ -182,6 +184,17 @@ class Warning:  # noqa: A001 - the protocol's name
 
 
 @dataclass(frozen=True)
+class OverloadWarning:
+    """``warning`` ``overload``: input dropped because the engine fell behind, since the previous report. Sent
+    with the stats (each second) and before ``flushed`` / the close of ``session.end``, so every drop is reported."""
+
+    message: str
+    dropped_ms: float  # input cut out since the previous report (whole chunks, and rejected frames)
+    code: str = "overload"
+    type: str = "warning"
+
+
+@dataclass(frozen=True)
 class Stats:
     rtf: float
     hop_compute_ms: float
@@ -246,12 +259,26 @@ def encode(message) -> str:
 
 
 # ----------------------------------------------------------------------------- parsing
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A short, printable quote of a client's value for an error message or a log line: its ``repr`` (ASCII only,
+    control characters escaped) cut to ``limit`` characters. Client text is never echoed at full length."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return f"<an integer of {len(str(abs(value)))} digits>"
+    if isinstance(value, (dict, list)):
+        text = f"<a JSON {'object' if isinstance(value, dict) else 'array'} of {len(value)} items>"
+    elif isinstance(value, str):
+        text = ascii(value[:limit])  # cut first: a client string may be megabytes
+    else:
+        text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_client_message(text: str) -> ClientMessage:
     """Parse one text frame; raises ProtocolError with a code the client can act on."""
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError("invalid_json", f"text frames must be JSON objects: {exc}") from None
+        data = json.loads(text)  # C speed; nesting is never walked after this (excerpt() summarises containers)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, ints beyond Python's digit limit, deep nesting
+        raise ProtocolError("invalid_json", f"text frames must be JSON objects: {excerpt(str(exc), 120)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError("invalid_message", 'expected a JSON object with a string "type"')
     kind = data["type"]
@@ -269,7 +296,7 @@ def parse_client_message(text: str) -> ClientMessage:
         return TtsCancel()
     raise ProtocolError(
         "unknown_type",
-        f"unknown message type {kind!r}; expected session.start, session.update, flush, session.end, "
+        f"unknown message type {excerpt(kind)}; expected session.start, session.update, flush, session.end, "
         "tts.speak or tts.cancel",
     )
 
@@ -290,7 +317,7 @@ def parse_speak(data: dict[str, Any]) -> TtsSpeak:
     if unknown:
         raise ProtocolError(
             "invalid_message",
-            f"unknown field(s) {sorted(unknown)} in tts.speak; allowed: text, id, language",
+            f"unknown field(s) {_names(unknown)} in tts.speak; allowed: text, id, language",
             request_id,
         )
     text = _text(data.get("text"), "tts.speak text", request_id)
@@ -318,7 +345,7 @@ def _language(value, request_id: RequestId = None) -> str | None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= MAX_LANGUAGE_CHARS:
         raise ProtocolError(
-            "unsupported_language", f'language must be a language code such as "en", got {value!r}', request_id
+            "unsupported_language", f'language must be a language code such as "en", got {excerpt(value)}', request_id
         )
     return value
 
@@ -330,12 +357,10 @@ def parse_update(data: dict[str, Any]) -> SessionUpdate:
     if unknown:
         raise ProtocolError(
             "invalid_message",
-            f"unknown field(s) {sorted(unknown)} in session.update; allowed: {', '.join(sorted(allowed - {'type'}))}",
+            f"unknown field(s) {_names(unknown)} in session.update; allowed: {', '.join(sorted(allowed - {'type'}))}",
         )
     options = _parse_options(data.get("options", {}), partial=True)
-    voice = data.get("voice")
-    if voice is not None and not isinstance(voice, str):
-        raise ProtocolError("invalid_voice", "voice must be the name of a server-side voice")
+    voice = _voice(data.get("voice"))
     task = data.get("task")
     if task is not None:
         _task(task)
@@ -347,19 +372,46 @@ def parse_update(data: dict[str, Any]) -> SessionUpdate:
     return SessionUpdate(options, voice, task, reference_text, _language(data.get("language")))
 
 
+def _names(keys) -> str:
+    """Unknown field names, quoted short (a client may send many, and long ones)."""
+    shown = [excerpt(k, 24) for k in sorted(keys)[:5]]
+    return "[" + ", ".join(shown) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "") + "]"
+
+
+def _voice(value) -> str | None:
+    """The name of a server-side voice: a string of 1 to MAX_VOICE_CHARS characters, no path separators."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_VOICE_CHARS or "/" in value or "\\" in value:
+        raise ProtocolError(
+            "invalid_voice",
+            f"voice must be the name of a server-side voice (1 to {MAX_VOICE_CHARS} characters, no path), "
+            f"got {excerpt(value)}",
+        )
+    return value
+
+
+def _exact_int(value) -> bool:
+    """An integer in JSON terms: not a boolean (true == 1 in Python) and not a float (1.0 == 1)."""
+    return type(value) is int
+
+
 def _task(value) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("invalid_task", f"task must be one of {', '.join(TASKS)}, got {excerpt(value)}")
     if value in OFFLINE_ONLY_TASKS:
         raise ProtocolError("invalid_task", f"task {value!r} is not served live: {OFFLINE_ONLY_TASKS[value]}")
     if value not in TASKS:
-        raise ProtocolError("invalid_task", f"task must be one of {', '.join(TASKS)}, got {value!r}")
+        raise ProtocolError("invalid_task", f"task must be one of {', '.join(TASKS)}, got {excerpt(value)}")
     return value
 
 
 def _stage1(value) -> str | None:
-    if value is not None and value not in STAGE1_FAMILIES:
+    if value is not None and (not isinstance(value, str) or value not in STAGE1_FAMILIES):
         raise ProtocolError(
             "invalid_stage1",
-            f"stage1 must be one of {', '.join(STAGE1_FAMILIES)} (the task's own model or Metis-Omni), got {value!r}",
+            f"stage1 must be one of {', '.join(STAGE1_FAMILIES)} (the task's own model or Metis-Omni), "
+            f"got {excerpt(value)}",
         )
     return value
 
@@ -386,9 +438,11 @@ STREAM_ONLY_OPTIONS = ("bypass", "mix")
 
 
 def _parse_start(data: dict[str, Any]) -> SessionStart:
-    if data.get("protocol") != PROTOCOL_VERSION:
-        got = data.get("protocol")
-        raise ProtocolError("unsupported_protocol", f"protocol must be {PROTOCOL_VERSION}, got {got!r}")
+    got = data.get("protocol")
+    if not _exact_int(got) or got != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "unsupported_protocol", f"protocol must be the integer {PROTOCOL_VERSION}, got {excerpt(got)}"
+        )
     task = _task(data.get("task"))
     tts = task == "tts"
     if tts:  # no input audio: sample_rate only serves as the default output rate
@@ -400,13 +454,12 @@ def _parse_start(data: dict[str, Any]) -> SessionStart:
         rate = _rate(data.get("sample_rate"), "sample_rate")
         out_rate = _rate(data.get("output_sample_rate", rate), "output_sample_rate")
     fmt = data.get("format", TTS_DEFAULT_FORMAT if tts else None)
-    if fmt not in FORMATS:
-        raise ProtocolError("invalid_format", f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if data.get("channels", 1) != 1:
-        raise ProtocolError("invalid_channels", "only mono (channels: 1) is supported")
-    voice, reference = data.get("voice"), _reference(data.get("reference"))
-    if voice is not None and not isinstance(voice, str):
-        raise ProtocolError("invalid_voice", "voice must be the name of a server-side voice")
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise ProtocolError("invalid_format", f"format must be one of {', '.join(FORMATS)}, got {excerpt(fmt)}")
+    channels = data.get("channels", 1)
+    if not _exact_int(channels) or channels != 1:
+        raise ProtocolError("invalid_channels", f"only mono (channels: 1) is supported, got {excerpt(channels)}")
+    voice, reference = _voice(data.get("voice")), _reference(data.get("reference"))
     if task in ("tse", "vc", "tts") and voice is None and reference is None:
         what = "the voice to speak in" if tts else "the target speaker"
         raise ProtocolError("reference_required", f"task {task!r} needs a voice name or a reference recording ({what})")
@@ -416,7 +469,7 @@ def _parse_start(data: dict[str, Any]) -> SessionStart:
     options = Options(**_parse_options(raw_options, partial=False))
     unknown = set(data) - START_FIELDS
     if unknown:
-        raise ProtocolError("invalid_message", f"unknown field(s) {sorted(unknown)} in session.start")
+        raise ProtocolError("invalid_message", f"unknown field(s) {_names(unknown)} in session.start")
     reference_text, language = data.get("reference_text"), data.get("language")
     if tts:
         if reference_text is not None:
@@ -439,7 +492,7 @@ def _parse_start(data: dict[str, Any]) -> SessionStart:
 def _rate(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not MIN_RATE <= value <= MAX_RATE:
         raise ProtocolError(
-            "invalid_sample_rate", f"{name} must be an integer in [{MIN_RATE}, {MAX_RATE}] Hz, got {value!r}"
+            "invalid_sample_rate", f"{name} must be an integer in [{MIN_RATE}, {MAX_RATE}] Hz, got {excerpt(value)}"
         )
     return value
 
@@ -452,7 +505,9 @@ def _reference(value) -> bytes | None:
     try:
         return base64.b64decode(value["data"], validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ProtocolError("invalid_reference", f"reference.data is not valid base64: {exc}") from None
+        raise ProtocolError(
+            "invalid_reference", f"reference.data is not valid base64: {excerpt(str(exc), 80)}"
+        ) from None
 
 
 def _parse_options(value, *, partial: bool) -> dict[str, Any]:
@@ -461,7 +516,7 @@ def _parse_options(value, *, partial: bool) -> dict[str, Any]:
     allowed = {"bypass", "mix", "stage1_steps", "s2a_steps"}
     unknown = set(value) - allowed
     if unknown:
-        raise ProtocolError("invalid_options", f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ProtocolError("invalid_options", f"unknown option(s) {_names(unknown)}; allowed: {sorted(allowed)}")
     out: dict[str, Any] = {}
     if "bypass" in value:
         if not isinstance(value["bypass"], bool):
@@ -470,7 +525,7 @@ def _parse_options(value, *, partial: bool) -> dict[str, Any]:
     if "mix" in value:
         mix = value["mix"]
         if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
-            raise ProtocolError("invalid_options", f"mix must be a number in [0, 1], got {mix!r}")
+            raise ProtocolError("invalid_options", f"mix must be a number in [0, 1], got {excerpt(mix)}")
         out["mix"] = float(mix)
     if "stage1_steps" in value:
         out["stage1_steps"] = _steps(value["stage1_steps"], "stage1_steps")
@@ -484,7 +539,7 @@ def _parse_options(value, *, partial: bool) -> dict[str, Any]:
 
 def _steps(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
-        raise ProtocolError("invalid_options", f"{name} must be an integer in [1, 100], got {value!r}")
+        raise ProtocolError("invalid_options", f"{name} must be an integer in [1, 100], got {excerpt(value)}")
     return value
 
 

@@ -156,7 +156,8 @@ class TtsService:
             transcript = reference_text or self.voices.transcript(name)
             audio16, audio24 = self.voices.audio(name)
         except KeyError:
-            raise proto.ProtocolError("unknown_voice", f"no voice {name!r}; available: {self.voices.names()}") from None
+            # the names are not listed (any page could read them): /healthz lists them, behind the Host check
+            raise proto.ProtocolError("unknown_voice", f"no voice {proto.excerpt(name)} on this server") from None
         except TextInputError as exc:
             raise proto.ProtocolError("invalid_reference_text", str(exc)) from None
         if transcript is None:

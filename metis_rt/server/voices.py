@@ -26,21 +26,49 @@ TRANSCRIPT_SUFFIX = ".txt"
 MAX_TRANSCRIPT_CHARS = 1000
 MIN_REFERENCE_S = 1.0
 SSL_RATE, CODEC_RATE = 16000, 24000
+MIN_REFERENCE_RATE, MAX_REFERENCE_RATE = 8000, 192000  # Hz a reference file may declare
+MAX_REFERENCE_CHANNELS = 8
+MAX_NAME_CHARS = 128  # a longer voice name is no file here (and would make the file system raise)
 
 Prepare = Callable[[np.ndarray, np.ndarray], ReferenceTokens]  # (16 kHz, 24 kHz) -> tokens, on the engine
 
 
 def decode_reference(data: bytes, max_seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """An uploaded audio file -> (16 kHz, 24 kHz) mono float32; AudioInputError if unusable."""
+    """An uploaded audio file -> (16 kHz, 24 kHz) mono float32; AudioInputError if unusable.
+
+    The header is checked before any sample is decoded (rate, channels, declared length), and at most
+    ``max_seconds`` (+1 frame) are decoded, so a small compressed file cannot expand into a large allocation."""
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioInputError(f"the reference is not a readable audio file (wav, flac, ogg): {exc}") from None
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate, channels, frames = f.samplerate, f.channels, f.frames
+            check_reference_header(rate, channels, frames, max_seconds)
+            limit = int(max_seconds * rate) + 1
+            samples = f.read(min(frames, limit) if frames > 0 else limit, dtype="float32", always_2d=True)
+    except AudioInputError:
+        raise
+    except MemoryError:
+        raise AudioInputError("the reference could not be decoded: not enough memory for it") from None
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        reason = str(exc)[:120]
+        raise AudioInputError(f"the reference is not a readable audio file (wav, flac, ogg): {reason}") from None
+    if len(samples) > max_seconds * rate:  # a header that understated its length
+        raise AudioInputError(f"the reference is longer than {max_seconds:g} s; at most {max_seconds:g} s")
     mono = to_mono(samples)
-    if len(mono) > max_seconds * rate:
-        raise AudioInputError(f"the reference is {len(mono) / rate:.1f} s long; at most {max_seconds:g} s")
     validate_speech(mono, rate, min_seconds=MIN_REFERENCE_S, name="reference")
     return (resample(mono, rate, SSL_RATE).astype(np.float32), resample(mono, rate, CODEC_RATE).astype(np.float32))
+
+
+def check_reference_header(rate: int, channels: int, frames: int, max_seconds: float) -> None:
+    """AudioInputError unless a reference file's header declares a sane rate, channel count and length."""
+    if not MIN_REFERENCE_RATE <= rate <= MAX_REFERENCE_RATE:
+        raise AudioInputError(
+            f"the reference declares {rate} Hz; a reference must be recorded at "
+            f"{MIN_REFERENCE_RATE}-{MAX_REFERENCE_RATE} Hz"
+        )
+    if not 1 <= channels <= MAX_REFERENCE_CHANNELS:
+        raise AudioInputError(f"the reference has {channels} channels; at most {MAX_REFERENCE_CHANNELS}")
+    if frames > max_seconds * rate:
+        raise AudioInputError(f"the reference is {frames / rate:.1f} s long; at most {max_seconds:g} s")
 
 
 class VoiceLibrary:
@@ -57,7 +85,7 @@ class VoiceLibrary:
         return sorted(p.stem for p in self.folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
 
     def path(self, name: str) -> Path:
-        if self.folder is not None and "/" not in name and "\\" not in name:
+        if self.folder is not None and "/" not in name and "\\" not in name and 0 < len(name) <= MAX_NAME_CHARS:
             for suffix in AUDIO_SUFFIXES:
                 candidate = self.folder / f"{name}{suffix}"
                 if candidate.is_file():

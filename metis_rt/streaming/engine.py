@@ -25,6 +25,7 @@ from metis_rt.streaming.session import StreamSession
 log = logging.getLogger(__name__)
 
 RECENT_STEPS = 200
+CALL_MAX_WAIT_S = 1.0  # a call (reference preparation) waits for a step with no ready hop at most this long
 
 
 class Engine:
@@ -41,7 +42,9 @@ class Engine:
         self._stopping = False
         self._stepping = False
         self._wakeups = 0
-        self._calls: deque[tuple[Callable[[], object], Future]] = deque()  # work for the device, between steps
+        # work for the device outside the streams (reference preparation): a lower-priority lane, one call between
+        # steps, run when no hop is ready or when the oldest has waited CALL_MAX_WAIT_S (live hops come first)
+        self._calls: deque[tuple[Callable[[], object], Future, float]] = deque()
         self.step_ms: deque[float] = deque(maxlen=RECENT_STEPS)
         self.batch_sizes: deque[int] = deque(maxlen=RECENT_STEPS)
         self.on_error: Callable[[StreamSession, BaseException], None] | None = None
@@ -73,20 +76,22 @@ class Engine:
         """Run ``fn`` on the engine thread between steps (model work outside the stream, e.g. a reference)."""
         future: Future = Future()
         with self._cond:
-            self._calls.append((fn, future))
+            self._calls.append((fn, future, time.monotonic()))
             self._cond.notify_all()
         return future
 
-    def _run_calls(self) -> bool:
+    def _run_call(self, hops_ran: bool) -> bool:
+        """Run the oldest waiting call if no hop ran in this step or it has waited too long; True if one ran."""
         with self._cond:
-            calls, self._calls = list(self._calls), deque()
-        for fn, future in calls:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:  # delivered to the caller
-                    future.set_exception(exc)
-        return bool(calls)
+            if not self._calls or (hops_ran and time.monotonic() - self._calls[0][2] < CALL_MAX_WAIT_S):
+                return False
+            fn, future, _ = self._calls.popleft()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # delivered to the caller
+                future.set_exception(exc)
+        return True
 
     # --- one step -------------------------------------------------------------------------------
     def step(self, now: float | None = None) -> int:
@@ -151,8 +156,8 @@ class Engine:
                     return
                 seen = self._wakeups
                 self._stepping = True
-            ran = self._run_calls()
-            ran = self.step() or ran
+            hops = self.step()
+            ran = self._run_call(hops > 0) or hops > 0
             with self._cond:
                 self._stepping = False
                 self._cond.notify_all()  # wait_idle() watchers
