@@ -89,10 +89,10 @@ def test_masked_decode_fast_loop_matches_the_reference_loop_with_noise():
 
 
 def test_hop_speed_rejects_an_unknown_compile_choice_and_compiles_on_cuda_only_by_default():
-    with pytest.raises(ValueError, match="auto, on, off"):
+    with pytest.raises(ValueError, match="auto, always, never"):
         HopSpeed(compile="yes")
     assert HopSpeed().compiles(torch.device("cuda")) and not HopSpeed().compiles(torch.device("cpu"))
-    assert HopSpeed(compile="on").compiles(torch.device("cpu")) and not BASELINE.compiles(torch.device("cuda"))
+    assert HopSpeed(compile="always").compiles(torch.device("cpu")) and not BASELINE.compiles(torch.device("cuda"))
 
 
 @pytest.mark.compile_long
@@ -118,7 +118,7 @@ def test_compiled_stack_matches_eager_across_lengths_and_batches():
 
 @pytest.mark.slow
 def test_compiled_chain_decodes_the_eager_ids(stand_in_components):
-    """apply_hop_speed(compile='on') on the tiny S2A: float64 compiled decoding gives the eager ids."""
+    """apply_hop_speed(compile='always') on the tiny S2A: float64 compiled decoding gives the eager ids."""
     model = _s2a(num_layers=1)
     g = torch.Generator().manual_seed(8)
     semantic = torch.randint(0, 64, (1, 14), generator=g)
@@ -127,9 +127,9 @@ def test_compiled_chain_decodes_the_eager_ids(stand_in_components):
     with torch.inference_mode():
         eager = model.generate(semantic, prompt, (2, 1, 1), **kwargs)
         comps = stand_in_components(model)
-        assert apply_hop_speed(comps, HopSpeed(compile="on", compile_ssl=False)) == ["s2a_1layer", "s2a_full"]
+        assert apply_hop_speed(comps, HopSpeed(compile="always", compile_ssl=False)) == ["s2a_1layer", "s2a_full"]
         compiled = model.generate(semantic, prompt, (2, 1, 1), **kwargs)
-        apply_hop_speed(comps, HopSpeed(compile="off"))
+        apply_hop_speed(comps, HopSpeed(compile="never"))
         assert "guided" not in model.diff_estimator.__dict__  # compile off restores the eager method
     assert torch.equal(eager, compiled)
 

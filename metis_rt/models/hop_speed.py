@@ -12,9 +12,9 @@ Two independent switches, both set on the loaded components by :func:`apply_hop_
   prompt length; on CUDA the compiled stacks run as CUDA graphs (``mode="reduce-overhead"``) unless
   ``cuda_graphs`` is off. Results match eager within float tolerance (fused kernels reorder sums), not bit for bit.
   ``"auto"`` compiles on CUDA only: on a CPU the first hops of a new shape family stall the engine while
-  inductor compiles (about a minute on 2 cores for the tiny chain), so a CPU deployment opts in with ``"on"``.
+  inductor compiles (about a minute on 2 cores for the tiny chain), so a CPU deployment opts in with ``"always"``.
 
-Settings: ``speed:`` in ``configs/streaming.yaml`` (``compile: auto|on|off``, ``fast_path``, ``cuda_graphs``).
+Settings: ``speed:`` in ``configs/streaming.yaml`` (``compile: auto|always|never``, ``fast_path``, ``cuda_graphs``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-COMPILE_CHOICES = ("auto", "on", "off")
+COMPILE_CHOICES = ("auto", "always", "never")
 # Compiled graph variants one code object may hold: stacks x (batch 1 / many) x (mask / none) x (CFG / none).
 RECOMPILE_LIMIT = 64
 
@@ -35,7 +35,7 @@ RECOMPILE_LIMIT = 64
 @dataclass(frozen=True)
 class HopSpeed:
     fast_path: bool = True  # the eager optimisations (bit-identical); False = the pre-issue-20 code path
-    compile: str = "auto"  # "auto" (CUDA only), "on", "off"
+    compile: str = "auto"  # "auto" (CUDA only), "always", "never" (not on/off: YAML reads those as booleans)
     cuda_graphs: bool = True  # CUDA: run compiled stacks as CUDA graphs (mode="reduce-overhead")
     compile_ssl: bool = True  # also compile the w2v-BERT encoder when compiling
     compile_backend: str = "inductor"  # "eager": graph capture only, no code generation (bench dry runs)
@@ -45,18 +45,18 @@ class HopSpeed:
             raise ValueError(f"speed.compile must be one of {', '.join(COMPILE_CHOICES)}, not {self.compile!r}")
 
     def compiles(self, device: torch.device) -> bool:
-        return self.compile == "on" or (self.compile == "auto" and torch.device(device).type == "cuda")
+        return self.compile == "always" or (self.compile == "auto" and torch.device(device).type == "cuda")
 
 
 # The code path as it stood before issue 20: the baseline of bench/hop_speed.py.
-BASELINE = HopSpeed(fast_path=False, compile="off")
+BASELINE = HopSpeed(fast_path=False, compile="never")
 
 
 def apply_hop_speed(comps, speed: HopSpeed) -> list[str]:
     """Set ``speed`` on the components (in place; also affects an offline pipeline sharing them).
 
     Returns the names of the parts that now run compiled. Calling it again with another setting replaces the
-    previous one (a stack compiled before runs eager again under ``compile="off"``).
+    previous one (a stack compiled before runs eager again under ``compile="never"``).
     """
     stacks = {f"stage1.{name}": model for name, model in comps.stage1.items()}
     stacks.update({"s2a_1layer": comps.s2a_1layer, "s2a_full": comps.s2a_full})
