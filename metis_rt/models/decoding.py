@@ -19,6 +19,7 @@ Batching: all rows share T (so the schedule is shared); CFG statistics are per r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +101,12 @@ def mask_schedule(steps: int, length: int) -> list[int]:
     return [next_mask_count(ts[i + 1], length) for i in range(steps)]
 
 
+@functools.lru_cache(maxsize=256)
+def cached_mask_schedule(steps: int, length: int) -> tuple[int, ...]:
+    """:func:`mask_schedule`, remembered: a streaming geometry decodes the same (steps, length) every hop."""
+    return tuple(mask_schedule(steps, length))
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     steps: int
@@ -133,7 +140,7 @@ def masked_decode(
     if length == 0:
         return seq
     ts = timesteps(params.steps)
-    counts = mask_schedule(params.steps, length)  # host integers, computed on the CPU once
+    counts = cached_mask_schedule(params.steps, length)  # host integers, computed once per (steps, length)
     t_steps = torch.tensor(ts[: params.steps], dtype=torch.float32).to(device)  # float32(ts[i]), one transfer
     for i in range(params.steps):
         t = t_steps[i].expand(batch)
