@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_writes_every_point_as_json_and_markdown(tmp_path):
     # the wall-clock cap is for the GPU run; a shared CI CPU can be slow
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO), "GPU_CHECK_TIMEOUT_S": "1500"}
