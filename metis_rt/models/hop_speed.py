@@ -12,7 +12,7 @@ Two independent switches, both set on the loaded components by :func:`apply_hop_
   prompt length; on CUDA the compiled stacks run as CUDA graphs (``mode="reduce-overhead"``) unless
   ``cuda_graphs`` is off. Results match eager within float tolerance (fused kernels reorder sums), not bit for bit.
   ``"auto"`` compiles on CUDA only: on a CPU the first hops of a new shape family stall the engine while
-  inductor compiles (about a minute on 2 cores for the tiny chain), so a CPU deployment opts in with ``"always"``.
+  inductor compiles (minutes on a 2-core CPU: bench/RESULTS.md), so a CPU deployment opts in with ``"always"``.
 
 Settings: ``speed:`` in ``configs/streaming.yaml`` (``compile: auto|always|never``, ``fast_path``, ``cuda_graphs``).
 """
