@@ -39,7 +39,7 @@ from metis_rt.streaming.geometry import Geometry, GeometryConfig  # noqa: E402
 from metis_rt.streaming.processor import MetisWindowProcessor  # noqa: E402
 from metis_rt.streaming.session import SessionSpec, StreamSession  # noqa: E402
 
-PARITY = REPO.parent / "shared" / "parity"
+PARITY = REPO / "tests" / "data" / "parity"
 
 
 def parse_geometry(text: str) -> GeometryConfig:

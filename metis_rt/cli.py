@@ -461,7 +461,8 @@ def cmd_process_stream(args) -> int:
         ref = load_for_model(args.reference, rates=(16000, CODEC_RATE), min_seconds=1.0)
     variant = stage1_variant(args.task, args.stage1)
     check_model_dir(model_dir, [variant], cfg)
-    processor = MetisWindowProcessor(load_components(model_dir, [variant], cfg, dtype=dtype, device=device))
+    comps = load_components(model_dir, [variant], cfg, dtype=dtype, device=device)
+    processor = MetisWindowProcessor(comps, stream_cfg.speed)
     reference = processor.prepare_reference(ref[16000], ref[CODEC_RATE]) if ref is not None else None
     spec = SessionSpec(args.task, rate, CODEC_RATE, settings, args.deterministic, args.seed, args.stage1)
     session = StreamSession(1, spec, geometry, stream_cfg.engine, processor.num_quantizers, reference)

@@ -19,6 +19,7 @@ Batching: all rows share T (so the schedule is shared); CFG statistics are per r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Protocol
 import torch
 
 from metis_rt.models.checkpoints import compute_dtype
+from metis_rt.models.transformer import guide as apply_cfg  # noqa: F401  (re-exported: CFG lives with the stack)
 
 GUMBEL_EPS = 1e-10
 MIN_TEMPERATURE = 1e-3
@@ -82,19 +84,6 @@ def top_k_filter(logits: torch.Tensor, filter_thres: float) -> torch.Tensor:
     return out.scatter_(-1, indices, values)
 
 
-def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, rescale: float) -> torch.Tensor:
-    """Classifier-free guidance on hidden states with std rescaling.
-
-    ``g = e + cfg (e - u)``; ``out = rescale * g * std(e)/std(g) + (1 - rescale) * g``. The reference takes one
-    unbiased std over the whole tensor (B = 1 there); we take it per batch row (dims 1..), which is identical
-    for B = 1 and keeps rows independent when several streams are batched.
-    """
-    dims = tuple(range(1, cond.dim()))
-    guided = cond + cfg * (cond - uncond)
-    ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
-    return rescale * guided * ratio + (1 - rescale) * guided
-
-
 def timesteps(steps: int) -> list[float]:
     """``[1 - i/steps for i in range(steps)] + [0]`` as the reference builds it."""
     h = 1.0 / steps
@@ -110,6 +99,12 @@ def next_mask_count(t_next: float, length: int) -> int:
 def mask_schedule(steps: int, length: int) -> list[int]:
     ts = timesteps(steps)
     return [next_mask_count(ts[i + 1], length) for i in range(steps)]
+
+
+@functools.lru_cache(maxsize=256)
+def cached_mask_schedule(steps: int, length: int) -> tuple[int, ...]:
+    """:func:`mask_schedule`, remembered: a streaming geometry decodes the same (steps, length) every hop."""
+    return tuple(mask_schedule(steps, length))
 
 
 @dataclass(frozen=True)
@@ -130,8 +125,45 @@ def masked_decode(
     params: SamplingParams,
     noise: NoiseSource,
     device: torch.device | str,
+    *,
+    fast: bool = True,
 ) -> torch.Tensor:
-    """Iteratively fill ``length`` masked positions per row; returns ids [B, T] (int64)."""
+    """Iteratively fill ``length`` masked positions per row; returns ids [B, T] (int64).
+
+    ``fast`` (default): the schedule and the step timesteps are computed once before the loop (no host round trip
+    per step) and the mask buffer is reused; ``fast=False`` is the pre-issue-20 loop. Both give identical ids.
+    """
+    if not fast:
+        return _masked_decode_reference(predict, batch, length, params, noise, device)
+    seq = torch.zeros(batch, length, dtype=torch.long, device=device)
+    mask = torch.ones(batch, length, dtype=torch.bool, device=device)
+    if length == 0:
+        return seq
+    ts = timesteps(params.steps)
+    counts = cached_mask_schedule(params.steps, length)  # host integers, computed once per (steps, length)
+    t_steps = torch.tensor(ts[: params.steps], dtype=torch.float32).to(device)  # float32(ts[i]), one transfer
+    for i in range(params.steps):
+        t = t_steps[i].expand(batch)
+        logits = top_k_filter(predict(seq, mask, t), params.filter_thres)
+        ids = _sample(logits, i, params, ts[i], noise)
+        seq = torch.where(mask, ids, seq)
+        if counts[i] == 0:
+            break
+        work = compute_dtype(logits.dtype)
+        probs = torch.softmax(logits.to(work), dim=-1)
+        p = probs.gather(-1, ids[..., None])[..., 0]
+        score = 1 - (p + CHOICE_TEMPERATURE * ts[i] * noise.gumbel(p.shape, p))
+        score = score.masked_fill(~mask, -torch.finfo(work).max)
+        remask = score.topk(counts[i], dim=-1).indices
+        mask = mask.zero_().scatter_(-1, remask, True)
+        seq = seq.masked_fill_(mask, 0)
+    return seq
+
+
+def _masked_decode_reference(
+    predict: PredictFn, batch: int, length: int, params: SamplingParams, noise: NoiseSource, device
+) -> torch.Tensor:
+    """The loop as it stood before issue 20 (``HopSpeed(fast_path=False)``), kept as the comparison baseline."""
     seq = torch.zeros(batch, length, dtype=torch.long, device=device)
     mask = torch.ones(batch, length, dtype=torch.bool, device=device)
     if length == 0:

@@ -32,6 +32,7 @@ class S2AModel(nn.Module):
         self.to_logits = nn.ModuleList(nn.Linear(h, cfg.codebook_size) for _ in range(q))
         self.cond_emb = nn.Embedding(cfg.cond_codebook_size, h)
         self.diff_estimator = DiffusionTransformer(h, cfg.num_layers, cfg.num_heads, with_cond_mlp=True)
+        self.fast_path = True  # issue 20's eager fast path (bit-identical); False: the previous code path
 
     def prompt_rows(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         """prompt_ids [B, Tp, >=Q] -> [B, Tp, H] (sum over the model's Q layers)."""
@@ -47,9 +48,11 @@ class S2AModel(nn.Module):
             rows = rows + self.token_emb[lower](ids[..., lower])
         return rows
 
-    def condition(self, semantic_ids: torch.Tensor, layer: int) -> torch.Tensor:
-        """semantic_ids [B, Tp+Tt] -> cond_mlp input-bias [B, Tp+Tt, H] for quantizer ``layer``."""
-        cond = self.cond_emb(semantic_ids) + self.layer_emb.weight[layer]
+    def condition(self, semantic_ids: torch.Tensor, layer: int, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """semantic_ids [B, Tp+Tt] -> cond_mlp input-bias [B, Tp+Tt, H] for quantizer ``layer``.
+
+        ``emb``: ``cond_emb(semantic_ids)`` when already looked up (it is the same for every layer)."""
+        cond = (self.cond_emb(semantic_ids) if emb is None else emb) + self.layer_emb.weight[layer]
         return self.diff_estimator.cond_mlp(cond)
 
     def target_rows(self, lower: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
@@ -70,6 +73,9 @@ class S2AModel(nn.Module):
         key_mask = None
         if prompt_mask is not None:
             key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(target.shape[:2])], dim=1)
+        if self.fast_path:
+            x_u = target + bias[:, tp:] if cfg > 0 else None
+            return self.diff_estimator.guided(x, t, tp, key_mask=key_mask, uncond_x=x_u, cfg=cfg, rescale=rescale)
         cond = self.diff_estimator(x, t, key_mask=key_mask)[:, tp:]
         if cfg <= 0:
             return cond, None
@@ -104,8 +110,9 @@ class S2AModel(nn.Module):
         given = gt_code if gt_code is not None else semantic_ids.new_zeros(batch, target_len, 0)
         decoded = list(given.unbind(-1))
         lower = self.lower_rows(given, given.shape[-1])
+        emb = self.cond_emb(semantic_ids) if self.fast_path else None
         for layer in range(len(decoded), self.cfg.num_quantizer):
-            bias = self.condition(semantic_ids, layer)
+            bias = self.condition(semantic_ids, layer, emb)
 
             def predict(seq, mask, t, layer=layer, bias=bias, lower=lower):
                 target = self.target_rows(lower, seq, mask, layer)
@@ -113,7 +120,7 @@ class S2AModel(nn.Module):
                 return self.to_logits[layer](cond if guided is None else guided)
 
             params = SamplingParams(steps[layer], temperature, filter_thres)
-            ids = masked_decode(predict, batch, target_len, params, noise, semantic_ids.device)
+            ids = masked_decode(predict, batch, target_len, params, noise, semantic_ids.device, fast=self.fast_path)
             decoded.append(ids)
             lower = lower + self.token_emb[layer](ids)
         return torch.stack(decoded, dim=-1)

@@ -77,6 +77,7 @@ class Stage1Model(nn.Module):
         if cfg.use_phone_cond:
             self.phone_emb = nn.Embedding(cfg.phone_vocab_size, h, padding_idx=PHONE_PADDING_IDX)
         self.diff_estimator = DiffusionTransformer(h, cfg.num_layers, cfg.num_heads, cfg.use_phone_cond)
+        self.fast_path = True  # issue 20's eager fast path (bit-identical); False: the previous code path
         adapter = build_adapter(cfg.adapter, cfg.cond_dim, h)
         if adapter is not None:
             self.cond_adapter = adapter
@@ -120,6 +121,13 @@ class Stage1Model(nn.Module):
         key_mask = None
         if prep.prompt_mask is not None:
             key_mask = torch.cat([prep.prompt_mask, prep.prompt_mask.new_ones(target.shape[:2])], dim=1)
+        if self.fast_path:
+            x_u = None
+            if cfg > 0:
+                x_u = target if prep.adapter_out is None else target + prep.adapter_out[:, tp:]
+            return self.diff_estimator.guided(
+                x, t, tp, prefix=prep.phone_prefix, key_mask=key_mask, uncond_x=x_u, cfg=cfg, rescale=rescale
+            )
         cond = self.diff_estimator(x, t, prefix=prep.phone_prefix, key_mask=key_mask)[:, tp:]
         if cfg <= 0:
             return cond, None
@@ -143,4 +151,4 @@ class Stage1Model(nn.Module):
 
         params = SamplingParams(settings.steps, settings.temperature, settings.filter_thres)
         batch = inputs.prompt_ids.shape[0]
-        return masked_decode(predict, batch, target_len, params, noise, inputs.prompt_ids.device)
+        return masked_decode(predict, batch, target_len, params, noise, inputs.prompt_ids.device, fast=self.fast_path)

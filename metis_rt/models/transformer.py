@@ -8,6 +8,11 @@ Per layer: ``h = h + Attn(AdaRMS_in(h, c)); h = h + MLP(AdaRMS_post(h, c))``; fi
 Module and attribute names reproduce the official checkpoint keys (``diff_estimator.*``).
 Numerically delicate parts (RMS variance, softmax, RoPE tables, timestep frequencies) run in
 :func:`compute_dtype` (float32 for half precisions, float64 stays float64 for parity).
+
+:meth:`DiffusionTransformer.guided` is the hop's fast path (issue 20): the conditional and the unconditional CFG
+passes share one step condition and one set of adaptive-norm scales, RoPE tables are cached per length, and the whole
+function is what ``torch.compile`` captures (:mod:`metis_rt.models.hop_speed`). Its eager results are bit-identical
+to two :meth:`DiffusionTransformer.forward` calls followed by :func:`guide`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ RMS_EPS = 1e-6
 ROPE_THETA = 10000.0
 TIMESTEP_MAX_PERIOD = 10000.0
 FFN_MULT = 4
+ROPE_CACHE_SIZE = 64  # distinct (length, device, dtype) tables kept per stack
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -59,6 +65,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + _rotate_half(x) * sin
 
 
+def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, rescale: float) -> torch.Tensor:
+    """Classifier-free guidance on hidden states with std rescaling.
+
+    ``g = e + cfg (e - u)``; ``out = rescale * g * std(e)/std(g) + (1 - rescale) * g``. The reference takes one
+    unbiased std over the whole tensor (B = 1 there); we take it per batch row (dims 1..), which is identical
+    for B = 1 and keeps rows independent when several streams are batched.
+    """
+    dims = tuple(range(1, cond.dim()))
+    guided = cond + cfg * (cond - uncond)
+    ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return rescale * guided * ratio + (1 - rescale) * guided
+
+
 class AdaptiveRMSNorm(nn.Module):
     """RMSNorm whose scale is a linear function of the condition vector ``c`` [B, dim_cond]."""
 
@@ -67,11 +86,16 @@ class AdaptiveRMSNorm(nn.Module):
         self.eps = eps
         self.to_weight = nn.Linear(dim_cond, hidden_size)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def scale(self, c: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """c [B, dim_cond] -> the per-row scale [B, 1, H] in compute_dtype(dtype)."""
+        return self.to_weight(c).to(compute_dtype(dtype))[:, None, :]
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, H]; ``scale`` (from :meth:`scale`) replaces ``to_weight(c)`` when already computed."""
         work = compute_dtype(x.dtype)
         xw = x.to(work)
         y = xw * torch.rsqrt(xw.pow(2).mean(-1, keepdim=True) + self.eps)
-        w = self.to_weight(c).to(work)[:, None, :]
+        w = self.scale(c, x.dtype) if scale is None else scale
         return (w * y).to(x.dtype)
 
 
@@ -122,9 +146,11 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = AdaptiveRMSNorm(hidden_size, hidden_size)
         self.post_attention_layernorm = AdaptiveRMSNorm(hidden_size, hidden_size)
 
-    def forward(self, h, c, rope, key_mask):
-        h = h + self.self_attn(self.input_layernorm(h, c), rope, key_mask)
-        return h + self.mlp(self.post_attention_layernorm(h, c))
+    def forward(self, h, c, rope, key_mask, scales: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``scales``: the two norms' precomputed scales (shared by the CFG pair), or None."""
+        s_in, s_post = (None, None) if scales is None else scales
+        h = h + self.self_attn(self.input_layernorm(h, c, s_in), rope, key_mask)
+        return h + self.mlp(self.post_attention_layernorm(h, c, s_post))
 
 
 def mlp_block(hidden_size: int) -> nn.Sequential:
@@ -151,6 +177,7 @@ class DiffusionTransformer(nn.Module):
         self.norm = AdaptiveRMSNorm(hidden_size, hidden_size)
         self.diff_step_mlp = mlp_block(hidden_size)
         self.cond_mlp = mlp_block(hidden_size) if with_cond_mlp else None
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def step_condition(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """t: [B] -> c [B, H]."""
@@ -175,3 +202,51 @@ class DiffusionTransformer(nn.Module):
             h = layer(h, c, rope, key_mask)
         h = self.norm(h, c)
         return h if prefix is None else h[:, prefix.shape[1] :]
+
+    def rope(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`rope_tables`, cached per (length, device, dtype) outside ``torch.compile`` (same values)."""
+        if torch.compiler.is_compiling():
+            return rope_tables(length, self.head_dim, device, dtype)
+        key = (length, device, dtype)
+        if key not in self._rope_cache:
+            if len(self._rope_cache) >= ROPE_CACHE_SIZE:
+                self._rope_cache.clear()
+            self._rope_cache[key] = rope_tables(length, self.head_dim, device, dtype)
+        return self._rope_cache[key]
+
+    def _stack(self, h, c, scales, key_mask):
+        rope = self.rope(h.shape[1], h.device, h.dtype)
+        for layer, layer_scales in zip(self.layers, scales[:-1], strict=True):
+            h = layer(h, c, rope, key_mask, layer_scales)
+        return self.norm(h, c, scales[-1])
+
+    def guided(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        drop: int,
+        *,
+        prefix: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        uncond_x: torch.Tensor | None = None,
+        cfg: float = 0.0,
+        rescale: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states of the target rows: (conditional, guided-or-None), each [B, L - drop, H].
+
+        x [B, L, H] (prefix/key_mask as in :meth:`forward`; the first ``drop`` output rows, the prompt, are
+        dropped); ``uncond_x`` [B, L - drop, H]: the unconditional input, run with the same step condition and
+        norm scales, then combined by :func:`guide` with ``cfg``/``rescale``.
+        """
+        c = self.step_condition(t, x.dtype)
+        scales = [
+            (lay.input_layernorm.scale(c, x.dtype), lay.post_attention_layernorm.scale(c, x.dtype))
+            for lay in self.layers
+        ]
+        scales.append(self.norm.scale(c, x.dtype))
+        h = x if prefix is None else torch.cat([prefix, x], dim=1)
+        cond = self._stack(h, c, scales, key_mask)[:, (0 if prefix is None else prefix.shape[1]) + drop :]
+        if uncond_x is None:
+            return cond, None
+        uncond = self._stack(uncond_x, c, scales, None)
+        return cond, guide(cond, uncond, cfg, rescale)

@@ -207,7 +207,7 @@ def build_server(args):
         raise ConfigError(f"--device {args.device}: no CUDA device available")
     comps = load_components(model_dir, variants, cfg, dtype=parse_dtype(args.dtype), device=device)
     return MetisServer(
-        MetisWindowProcessor(comps),
+        MetisWindowProcessor(comps, stream_cfg.speed),
         official,
         stream_cfg,
         server_cfg,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metis_rt.config import CONFIG_DIR, OfficialConfig, TaskDecoding, apply_overrides, from_dict, read_mapping
+from metis_rt.models.hop_speed import HopSpeed
 from metis_rt.pipeline.process import DecodingOverrides, task_settings
 from metis_rt.streaming.geometry import GeometryConfig
 
@@ -34,6 +35,7 @@ class StreamConfig:
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     steps: Mapping[str, StepsConfig] = field(default_factory=dict)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    speed: HopSpeed = field(default_factory=HopSpeed)  # eager fast path / torch.compile (models/hop_speed.py)
 
     def steps_for(self, task: str) -> StepsConfig:
         return self.steps.get(task, StepsConfig())

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from metis_rt.models.decoding import RowNoise
+from metis_rt.models.hop_speed import HopSpeed, apply_hop_speed
 from metis_rt.models.ssl import ExtractorOutput
 from metis_rt.models.stage1 import Stage1Inputs
 from metis_rt.pipeline.components import MetisComponents
@@ -81,8 +82,12 @@ class IdentityProcessor:
 
 
 class MetisWindowProcessor:
-    def __init__(self, comps: MetisComponents):
+    def __init__(self, comps: MetisComponents, speed: HopSpeed | None = None):
+        """``speed``: the eager fast path / compile settings (default :class:`HopSpeed`: fast path, compile on
+        CUDA only), applied to ``comps`` in place."""
         self.comps = comps
+        self.speed = speed or HopSpeed()
+        self.compiled = apply_hop_speed(comps, self.speed)
         self.pipeline = MetisPipeline(comps)
         self.num_quantizers = comps.cfg.codec_decoder.num_quantizers
 
