@@ -112,6 +112,42 @@ def test_jitter_buffer_keeps_order_across_wraparound():
     assert jb.overruns == 0
 
 
+def _steady_after_a_burst(jb: JitterBuffer, rate: int, burst_s: float, seconds: float, block: int):
+    """A slow ramp (so any cut shows as a step): a start-up burst of ``burst_s``, then writer and reader at the same
+    rate, ``block`` samples each."""
+    total = int(rate * (burst_s + seconds + 1))
+    ramp = (np.arange(total) / total).astype(np.float32)
+    pos = int(rate * burst_s)
+    jb.write(ramp[:pos])
+    out, depths = [], []
+    for _ in range(int(rate * seconds) // block):
+        jb.write(ramp[pos : pos + block])
+        pos += block
+        buf = np.empty(block, np.float32)
+        out.append(buf[: jb.read_into(buf)])
+        depths.append(jb.depth_samples)
+    return np.concatenate(out), depths, pos
+
+
+def test_standing_delay_from_a_burst_is_cut_back_to_the_prefill_margin_without_a_click():
+    rate, block = 48000, 480
+    jb = JitterBuffer.from_ms(rate, capacity_ms=1000, prefill_ms=60, trim_window_ms=500)
+    out, depths, written = _steady_after_a_burst(jb, rate, burst_s=0.8, seconds=3.0, block=block)
+    assert depths[10] > 0.7 * rate  # the burst stood in the buffer at first ...
+    assert max(depths[-50:]) <= jb.prefill_samples + block  # ... and was cut back to the margin
+    assert jb.trims >= 1 and jb.underruns == 0
+    assert jb.played_samples + jb.trimmed_samples + jb.dropped_samples + jb.depth_samples == written
+    # the ramp rises 4e-6 a sample; a bare cut of ~0.7 s would step by ~0.15, the crossfade spreads it out
+    assert np.max(np.abs(np.diff(out))) < 0.002
+
+
+def test_without_a_trim_window_the_standing_delay_stays():
+    rate, block = 48000, 480
+    jb = JitterBuffer.from_ms(rate, capacity_ms=1000, prefill_ms=60, trim_window_ms=None)
+    _, depths, _ = _steady_after_a_burst(jb, rate, burst_s=0.8, seconds=3.0, block=block)
+    assert min(depths[-50:]) > 0.7 * rate and jb.trims == 0
+
+
 def test_jitter_buffer_rejects_impossible_sizes():
     with pytest.raises(ValueError, match="prefill"):
         JitterBuffer(capacity_samples=10, prefill_samples=11)
