@@ -26,7 +26,12 @@ STREAM_GEOMETRIES: dict[str, tuple[int, int]] = {  # name suffix -> (chunk_ms, l
     "240-160": (240, 160),
     "480-240": (480, 240),
 }
-BASELINE_LATENCY_MS = {"unprocessed": 0.0, "rnnoise": 20.0, "spectral_gating": None}  # None: needs the whole file
+BASELINE_LATENCY_MS = {  # algorithmic latency of each baseline run live; None: needs the whole file
+    "unprocessed": 0.0,
+    "rnnoise": 20.0,  # metis_rt/denoisers/rnnoise.py: 960 samples at 48 kHz
+    "deepfilternet3": 30.0,  # metis_rt/denoisers/deepfilternet3.py: 1440 samples at 48 kHz
+    "spectral_gating": None,
+}
 
 
 @dataclass
@@ -52,7 +57,11 @@ def baseline_systems() -> list[System]:
     from metis_rt.eval import baselines
 
     out = []
-    for cls, tasks in ((baselines.Unprocessed, ("se", "tse", "vc")), (baselines.RNNoise, ("se", "tse"))):
+    for cls, tasks in (
+        (baselines.Unprocessed, ("se", "tse", "vc")),
+        (baselines.RNNoise, ("se", "tse")),
+        (baselines.DeepFilterNet3, ("se", "tse")),
+    ):
         out.append(_baseline(cls(), tasks))
     out.append(_baseline(baselines.SpectralGating(), ("se", "tse")))
     return out
