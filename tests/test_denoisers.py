@@ -248,3 +248,14 @@ def test_whole_signal_removes_white_noise(name, clean):
         return float(10 * np.log10(np.sum((scale * clean) ** 2) / np.sum((estimate - scale * clean) ** 2)))
 
     assert snr_db(y) > snr_db(clean + noise) + 3.0  # SI-SDR up by more than 3 dB
+
+
+def test_reset_of_a_fresh_denoiser_keeps_its_native_state(name, noisy):
+    """Engines reset a session's denoiser before its first frames: that must not rebuild the native state."""
+    den = open_denoiser(name)
+    native = den._state
+    den.reset()
+    assert den._state == native
+    den.process(noisy[:4800])
+    den.reset()
+    assert den._state != native  # rebuilt (the new state is made before the old one is freed)

@@ -86,5 +86,6 @@ class RNNoise(FramewiseDenoiser):
         np.divide(self._scaled_out, RNNOISE_SCALE, out=out)
 
     def _reset_native(self) -> None:
-        self._finalizer()
-        self._create()
+        old = self._finalizer
+        self._create()  # the new state first, then the old one goes
+        old()
