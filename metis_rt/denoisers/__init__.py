@@ -23,6 +23,7 @@ __all__ = [
     "StrengthError",
     "check_strength",
     "denoiser_status",
+    "denoiser_type",
     "open_denoiser",
 ]
 
@@ -67,10 +68,14 @@ def _adapter_module(name: str):
     return importlib.import_module(_ADAPTERS[name][0])
 
 
+def denoiser_type(name: str) -> type:
+    """The adapter class (its name, rate, frame and latency as class attributes) without opening a runtime."""
+    return getattr(_adapter_module(name), _ADAPTERS[name][1])
+
+
 def open_denoiser(name: str) -> FrameDenoiser:
     """A fresh denoiser by name: ConfigError for an unknown name, EngineUnavailable if its package cannot run."""
-    module = _adapter_module(name)
-    return getattr(module, _ADAPTERS[name][1])()
+    return denoiser_type(name)()
 
 
 def denoiser_status() -> dict[str, str | None]:
