@@ -259,3 +259,18 @@ def test_reset_of_a_fresh_denoiser_keeps_its_native_state(name, noisy):
     den.process(noisy[:4800])
     den.reset()
     assert den._state != native  # rebuilt (the new state is made before the old one is freed)
+
+
+def test_eval_stream_row_equals_the_one_push_result(tmp_path):
+    """``deepfilternet3-stream`` (20 ms packets through an engine thread) gives the samples of one offline push."""
+    from metis_rt.eval.systems import RATE as EVAL_RATE
+    from metis_rt.eval.systems import _read16, baseline_systems
+    from metis_rt.streaming.frame_session import denoise
+
+    system = {s.name: s for s in baseline_systems()}["deepfilternet3-stream"]
+    path = EXAMPLES_DIR / "speech_noisy.wav"
+    x = _read16(path)
+    streamed = system.run("se", path, None)
+    assert streamed.shape == x.shape
+    np.testing.assert_array_equal(streamed, denoise(open_denoiser("deepfilternet3"), x, EVAL_RATE))
+    assert system.latency_ms > 30.0  # DFN3's 30 ms, one frame of waiting, the 16 kHz resamplers
