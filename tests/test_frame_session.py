@@ -6,6 +6,8 @@ sample; tests/test_denoisers.py and the server / bridge tests run the real packa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -176,3 +178,30 @@ def test_only_se():
         FrameSession(1, FrameSpec("tse", 48000, 48000, "fake"), DelayFilter(), EngineConfig())
     with pytest.raises(ValueError, match="only denoises"):
         session().restart("vc")
+
+
+# ----------------------------------------------------------------------------- the real DeepFilterNet3
+NOISY = Path(__file__).resolve().parents[1] / "examples" / "speech_noisy.wav"
+
+
+@pytest.mark.parametrize("rate", [48000, 16000])
+def test_deepfilternet3_streaming_equals_offline(rate):
+    from metis_rt.audio.files import load_for_model
+    from metis_rt.denoisers import open_denoiser
+
+    x = load_for_model(NOISY, rates=(rate,), min_seconds=1.0)[rate][: int(1.5 * rate)].astype(np.float32)
+    offline = denoise(open_denoiser("deepfilternet3"), x, rate)
+    assert len(offline) == len(x) and np.abs(offline).max() > 0.01
+    assert not np.allclose(offline, x, atol=1e-3)  # it did something
+    for packet_ms in (10, 37, 500):
+        spec = FrameSpec("se", rate, rate, "deepfilternet3")
+        s = FrameSession(1, spec, open_denoiser("deepfilternet3"), EngineConfig())
+        engine = frame_engine(EngineConfig())
+        engine.add(s)
+        engine.start()
+        try:
+            y, report = simulate(engine, s, x, packet_ms)
+        finally:
+            engine.stop()
+        assert report.dropped_ms == 0
+        np.testing.assert_array_equal(y, offline, err_msg=f"{packet_ms} ms packets at {rate} Hz")
