@@ -36,22 +36,20 @@ GROWTH_LIMIT_MS = 40.0  # median latency of the second half - the first half: mo
 FLUSH_S = 1.0  # the last second (and the end-of-stream flush) is not timed
 
 
-def start_server(threads: int, extra: list[str]) -> tuple[subprocess.Popen, int]:
+def start_server(threads: int, engine: str, extra: list[str], log_path: Path) -> tuple[subprocess.Popen, int]:
+    """``metis-rt serve`` on a free port; its log goes to ``log_path`` (a pipe left unread would stall it)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "metis_rt", "serve", "--host", "127.0.0.1", "--port", "0", "--tasks", "se"]
-    cmd += ["--max-sessions", "64", "--threads", str(threads), "-v", *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd += ["--engine", engine, "--max-sessions", "64", "--threads", str(threads), "-v", *extra]  # -v: INFO
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if match := re.search(r"listening on ws://[^:]+:(\d+)", line):
+    while time.monotonic() < deadline and proc.poll() is None:
+        if match := re.search(r"listening on ws://[^:]+:(\d+)", log_path.read_text(errors="replace")):
             return proc, int(match[1])
+        time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("the server did not start:\n" + "".join(lines[-30:]))
+    raise RuntimeError("the server did not start:\n" + log_path.read_text(errors="replace")[-3000:])
 
 
 async def client(port: int, audio: np.ndarray, engine: str) -> dict:
@@ -106,7 +104,7 @@ async def run_point(port: int, audio: np.ndarray, n: int, engine: str) -> dict:
         "latency_growth_ms": float(max(growth)),
         "algorithmic_ms": ready.get("algorithmic_latency_ms"),
         "engine": ready.get("engine"),
-        "real_time": dropped == 0 and max(growth) < GROWTH_LIMIT_MS,
+        "real_time": bool(dropped == 0 and max(growth) < GROWTH_LIMIT_MS),
     }
 
 
@@ -123,7 +121,9 @@ def main() -> None:
     speech, sr = sf.read(REPO / "examples" / "speech_noisy.wav", dtype="float32")
     speech = resample(speech, sr, RATE).astype(np.float32)
     audio = np.tile(speech, int(np.ceil(args.seconds * RATE / len(speech))))[: int(args.seconds * RATE)]
-    proc, port = start_server(args.threads, args.serve_arg)
+    log_path = args.out.with_suffix(".server.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc, port = start_server(args.threads, args.engine, args.serve_arg, log_path)
     rows = []
     try:
         print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; server threads {args.threads}")
@@ -141,7 +141,11 @@ def main() -> None:
                 break
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
     args.out.write_text(json.dumps({"machine": machine, "seconds": args.seconds, "rows": rows}))
