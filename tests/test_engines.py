@@ -92,3 +92,18 @@ def test_tse_without_weights_names_the_missing_files(tmp_path):
     assert proc.returncode == 2
     assert "metis_tse" in proc.stderr and "metis-rt download --tasks tse" in proc.stderr
     assert not out.exists()
+
+
+def test_bridge_without_server_or_local_looks_for_a_server_on_loopback_first():
+    import socket
+
+    from metis_rt.bridge.main import build_parser, server_reachable
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert server_reachable(f"ws://127.0.0.1:{port}")
+    assert not server_reachable(f"ws://127.0.0.1:{port}")  # closed now: the bridge processes locally
+    args = build_parser().parse_args([])
+    assert args.server is None and not args.local and args.engine == "auto"
