@@ -158,21 +158,22 @@ def _process(model_dir: Path, *extra: str) -> int:
     from metis_rt.cli import build_parser, cmd_process
 
     argv = ["process", "--task", "se", str(SOURCE), "-o", str(model_dir / "out.wav"), "--model-dir", str(model_dir)]
-    argv += ["--device", "cpu"]  # Metis asked for explicitly (auto would denoise on the CPU engine)
+    argv += ["--engine", "metis"]  # the directory lacks weights: auto would denoise on the CPU engine
     return cmd_process(build_parser().parse_args([*argv, *extra]))
 
 
 def _serve(model_dir: Path):
     from metis_rt.server.main import build_parser, build_server
 
-    return build_server(build_parser().parse_args(["--model-dir", str(model_dir), "--tasks", "se"]))
+    argv = ["--model-dir", str(model_dir), "--tasks", "se", "--engine", "metis"]  # auto: the CPU engine (no weights)
+    return build_server(build_parser().parse_args(argv))
 
 
 def _bridge(model_dir: Path):
     from metis_rt.bridge.backends import BridgeSettings
     from metis_rt.bridge.main import build_parser, local_factory
 
-    args = build_parser().parse_args(["--local", "--model-dir", str(model_dir)])
+    args = build_parser().parse_args(["--local", "--model-dir", str(model_dir), "--engine", "metis"])  # as above
     return local_factory(args, BridgeSettings("se"), 16000)
 
 
