@@ -105,7 +105,9 @@ class LocalBackend:
         self.engine = Engine(processor, stream_cfg.engine)
         self.geometry = Geometry.from_config(stream_cfg.geometry)
         steps = self._steps(settings.task, settings.stage1_steps, settings.s2a_steps)
-        self.settings = dataclasses.replace(settings, stage1_steps=steps.stage1, s2a_steps=tuple(steps.s2a))
+        self.settings = dataclasses.replace(
+            settings, stage1_steps=steps.stage1, s2a_steps=tuple(steps.s2a), engine="metis"
+        )
         if settings.task in PROMPT_TASKS and reference is None:
             raise BackendError(f"task {settings.task!r} needs a voice: give --voice NAME or --reference FILE")
         spec = SessionSpec(
