@@ -146,7 +146,9 @@ def plan_engines(args, tasks: list[str], metis_missing) -> tuple[bool, list[str]
     if args.tasks is not None and set(tasks) - {"se"}:
         return True, usable if "se" in tasks else [], None  # tse/vc/tts asked for: Metis (missing files: named)
     try:
-        choice = choose_engine(AUTO, "se", metis_missing, device=args.device, cuda=torch.cuda.is_available())
+        metis_options = args.deterministic or args.stage1 != "task"  # options that only Metis has
+        cuda = torch.cuda.is_available()
+        choice = choose_engine(AUTO, "se", metis_missing, device=args.device, cuda=cuda, metis_options=metis_options)
     except EngineUnavailable:
         return True, [], None  # no CPU engine either: Metis, or the error naming its missing files
     if choice.engine == METIS:
