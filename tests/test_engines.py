@@ -107,3 +107,15 @@ def test_bridge_without_server_or_local_looks_for_a_server_on_loopback_first():
     assert not server_reachable(f"ws://127.0.0.1:{port}")  # closed now: the bridge processes locally
     args = build_parser().parse_args([])
     assert args.server is None and not args.local and args.engine == "auto"
+
+
+def test_mqtt_set_strength_is_checked_and_becomes_a_session_update():
+    from metis_rt.control.commands import CommandError, SetStrength, parse_command
+    from metis_rt.server.mqtt import update_from_command
+
+    assert parse_command("strength", b"12.5") == SetStrength(12.5)
+    assert parse_command("strength", b"0") == SetStrength(0.0)
+    assert update_from_command(SetStrength(12.5)).options == {"strength": 12.5}
+    for bad in (b"150", b"-1", b"true", b"loud", b"NaN"):
+        with pytest.raises(CommandError, match="strength got"):
+            parse_command("strength", bad)
