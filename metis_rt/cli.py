@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--per-task", type=int, help="at most N items per task: a fixed seeded sample")
     ev.add_argument("--model-dir", type=Path, help="add the metis-* systems (offline + streaming) from this folder")
     ev.add_argument("--systems", help="comma-separated systems (default: all usable)")
+    ev.add_argument(
+        "--engine",
+        choices=("auto", "metis", "deepfilternet3", "rnnoise"),
+        default="auto",
+        help="only this engine's systems (and unprocessed); auto: every usable system (default)",
+    )
     ev.add_argument("--tasks", type=_tasks, help="only these tasks (default: every task in the set)")
     ev.add_argument("--metrics", help="comma-separated metrics (default: all; --quick: all but wer)")
     ev.add_argument("--device", default="cpu")
@@ -613,6 +619,7 @@ def cmd_eval(args) -> int:
         workers=args.workers,
         seed=args.seed,
         metrics=metrics,
+        engine=args.engine,
     )
     report = run_eval(opts, progress=not args.no_progress)
     print(f"report: {report}")

@@ -119,3 +119,16 @@ def test_mqtt_set_strength_is_checked_and_becomes_a_session_update():
     for bad in (b"150", b"-1", b"true", b"loud", b"NaN"):
         with pytest.raises(CommandError, match="strength got"):
             parse_command("strength", bad)
+
+
+def test_eval_engine_keeps_that_engines_systems_and_the_unprocessed_row():
+    from types import SimpleNamespace
+
+    from metis_rt.eval.runner import engine_systems
+
+    systems = [SimpleNamespace(name=n) for n in ("unprocessed", "rnnoise", "deepfilternet3", "deepfilternet3-stream")]
+    names = lambda e: [s.name for s in engine_systems(systems, e)]  # noqa: E731
+    assert names("auto") == ["unprocessed", "rnnoise", "deepfilternet3", "deepfilternet3-stream"]
+    assert names("deepfilternet3") == ["unprocessed", "deepfilternet3", "deepfilternet3-stream"]
+    with pytest.raises(ConfigError, match="metis systems need --model-dir"):
+        engine_systems(systems, "metis")
