@@ -96,9 +96,10 @@ def locate(recording: np.ndarray, event: np.ndarray, threshold: float) -> list[i
     """Starts of the events in a recording: peaks of the normalised cross-correlation above ``threshold``."""
     n = 1 << int(np.ceil(np.log2(recording.shape[0] + event.shape[0])))
     corr = np.fft.irfft(np.fft.rfft(recording, n) * np.conj(np.fft.rfft(event, n)), n)[: recording.shape[0]]
-    energy = np.convolve(recording.astype(np.float64) ** 2, np.ones(event.shape[0]), "full")[
-        event.shape[0] - 1 : event.shape[0] - 1 + recording.shape[0]
-    ]
+    power = np.concatenate([np.cumsum(recording.astype(np.float64) ** 2), np.zeros(event.shape[0])])
+    power[recording.shape[0] :] = power[recording.shape[0] - 1]
+    lead = np.concatenate([[0.0], power[: recording.shape[0] - 1]])
+    energy = power[event.shape[0] - 1 : event.shape[0] - 1 + recording.shape[0]] - lead  # sum x[i : i + len(event)]
     event_energy = float(np.sum(event.astype(np.float64) ** 2))
     score = corr / (np.sqrt(energy * event_energy) + 1e-12)
     score[energy < 0.05 * event_energy] = 0.0  # near-silence: no event there (and no division by ~0)
@@ -177,6 +178,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(row))
+    args.out.with_suffix(".bridge.log").write_text(bridge_log)
     print(json.dumps({k: v for k, v in row.items() if k != "latency_ms"}, indent=1))
     print("latencies ms:", " ".join(f"{v:.1f}" for v in latencies))
 
