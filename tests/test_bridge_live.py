@@ -354,7 +354,7 @@ def server(combined_model_dir, tmp_path):
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "run_server.py", "--model-dir", str(combined_model_dir), "--port", str(port)]
-            + ["--tasks", "se", "--threads", "1"],
+            + ["--tasks", "se", "--threads", "1", "--device", "cpu"],  # Metis on the CPU (auto: the CPU engine)
             cwd=REPO_DIR,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
             stdout=log,
