@@ -7,6 +7,7 @@ import argparse
 import logging
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +61,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_engine_arg(p: argparse.ArgumentParser) -> None:
+    from metis_rt.engines import AUTO, ENGINE_CHOICES
+
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default=AUTO,
+        help="auto: Metis when its weights and a CUDA device (or an explicit --device) are there, else the CPU "
+        "denoiser DeepFilterNet3 for se (default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metis-rt", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -84,8 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("process", help="run SE / TSE / VC on an audio file, TTS on text, L2S on visual features")
     p.add_argument("input", type=Path, nargs="?", help="input audio for se/tse/vc (any format, rate and channels)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output file (.wav, .flac or .ogg; 24 kHz mono)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output file (.wav, .flac or .ogg; mono: Metis 24 kHz, the CPU denoisers at the input's rate)",
+    )
     p.add_argument("--task", choices=ALL_TASKS, required=True)
+    _add_engine_arg(p)
     p.add_argument(
         "--reference", type=Path, help="target-speaker recording (tse, vc) / the voice to speak in (tts, l2s)"
     )
@@ -103,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--reference-language", help="tts: language of --reference-text (default: --language)")
     gen.add_argument("--visual-features", type=Path, help="l2s: [frames, 768] features at 25 fps (.npy / .npz)")
     gen.add_argument("--visual-fps", type=float, help="l2s: frame rate of --visual-features (must be 25)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--device", help="metis: cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--deterministic", action="store_true", help="noise-free decoding (reproducible, parity mode)")
     p.add_argument("--seed", type=int, help="seed of the sampling noise")
@@ -167,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--per-task", type=int, help="at most N items per task: a fixed seeded sample")
     ev.add_argument("--model-dir", type=Path, help="add the metis-* systems (offline + streaming) from this folder")
     ev.add_argument("--systems", help="comma-separated systems (default: all usable)")
+    ev.add_argument(
+        "--engine",
+        choices=("auto", "metis", "deepfilternet3", "rnnoise"),
+        default="auto",
+        help="only this engine's systems (and unprocessed); auto: every usable system (default)",
+    )
     ev.add_argument("--tasks", type=_tasks, help="only these tasks (default: every task in the set)")
     ev.add_argument("--metrics", help="comma-separated metrics (default: all; --quick: all but wer)")
     ev.add_argument("--device", default="cpu")
@@ -297,6 +323,10 @@ def cmd_process(args) -> int:
         return cmd_generate(args)
     if args.input is None:
         raise ConfigError(f"task {args.task!r} needs an input audio file")
+    choice = _choose_engine(args)
+    if choice.engine != "metis":
+        return cmd_process_frames(args, choice.engine)
+    args.device = choice.device
     if args.stream:
         return cmd_process_stream(args)
     # Everything that can be wrong with the request is checked before the (slow) model load.
@@ -331,8 +361,103 @@ def cmd_process(args) -> int:
     return 0
 
 
+def _choose_engine(args):
+    """``--engine`` resolved for ``args.task`` (rules in metis_rt.engines); prints the one line auto has to say."""
+    import torch
+
+    from metis_rt.engines import choose_engine
+
+    def missing() -> list[str]:
+        from metis_rt.models.hub import missing_files
+        from metis_rt.pipeline.components import resolve_config
+
+        model_dir = _model_dir(args)
+        cfg, _ = resolve_config(model_dir, args.task, _official(args))
+        return [f.local_path for f in missing_files(model_dir, [stage1_variant(args.task, args.stage1)], cfg)]
+
+    choice = choose_engine(
+        args.engine,
+        args.task,
+        missing,
+        device=args.device,
+        cuda=torch.cuda.is_available(),
+        metis_options=args.stage1 != "task" or args.deterministic or _metis_only(args) != [],
+    )
+    if choice.note:
+        print(choice.note, file=sys.stderr)
+    return choice
+
+
+def cmd_process_frames(args, engine: str) -> int:
+    """se through a CPU denoiser: offline, or ``--stream`` through the engine thread as a live stream would."""
+    from metis_rt.audio.files import read_audio, to_mono, validate_speech, write_audio
+    from metis_rt.denoisers import open_denoiser
+    from metis_rt.pipeline.process import check_output_path
+    from metis_rt.streaming.config import STREAMING_CONFIG, load_stream_config
+    from metis_rt.streaming.frame_session import FrameSession, FrameSpec, denoise, frame_engine
+    from metis_rt.streaming.simulate import simulate
+
+    metis_only = _metis_only(args)
+    if metis_only or args.reference is not None:
+        raise ConfigError(f"{', '.join(metis_only) or '--reference'}: Metis options, not for engine {engine}")
+    output = check_output_path(args.output)
+    samples, rate = read_audio(args.input)
+    wav = to_mono(samples).astype("float32")
+    validate_speech(wav, rate, min_seconds=0.5, name=str(args.input), allow_clipped=args.allow_clipped)
+    denoiser = open_denoiser(engine)
+    if not args.stream:
+        start = time.perf_counter()
+        out = denoise(denoiser, wav, rate)
+        compute_s = time.perf_counter() - start
+        write_audio(output, out, rate)
+        print(
+            f"{output}: {len(out) / rate:.2f} s at {rate} Hz denoised by {engine} from {len(wav) / rate:.2f} s "
+            f"({compute_s:.1f} s, real-time factor {compute_s / max(len(wav) / rate, 1e-9):.2f})"
+        )
+        return 0
+    stream_cfg = load_stream_config(args.stream_config or STREAMING_CONFIG)
+    session = FrameSession(1, FrameSpec("se", rate, rate, engine), denoiser, stream_cfg.engine)
+    engine_thread = frame_engine(stream_cfg.engine)
+    engine_thread.add(session)
+    engine_thread.start()
+    try:
+        out, report = simulate(engine_thread, session, wav, args.packet_ms, args.realtime)
+    finally:
+        engine_thread.stop()
+    write_audio(output, out, rate)
+    print(f"{output}: streamed se through {engine}, packets {args.packet_ms:g} ms")
+    for line in report.lines():
+        print("  " + line)
+    return 0
+
+
+def _metis_only(args) -> list[str]:
+    """The Metis-only options given (auto takes them as a request for Metis)."""
+    return [f"--{name.replace('_', '-')}" for name in METIS_ONLY_OPTIONS if getattr(args, name) is not None]
+
+
+# options that only mean something to the Metis engine (process)
+METIS_ONLY_OPTIONS = (
+    "stage1_steps",
+    "cfg",
+    "temperature",
+    "s2a_steps",
+    "s2a_cfg",
+    "s2a_temperature",
+    "seed",
+    "chunk_ms",
+    "lookahead_ms",
+    "left_context_ms",
+    "s2a_left_context_ms",
+    "decoder_left_context_ms",
+    "crossfade_ms",
+)
+
+
 def cmd_generate(args) -> int:
     """``process --task tts|l2s``: inputs checked first, then the models loaded, then one run."""
+    import torch
+
     from metis_rt.audio.files import write_audio
     from metis_rt.model_settings import check_codebooks
     from metis_rt.models.hub import check_model_dir
@@ -341,6 +466,9 @@ def cmd_generate(args) -> int:
     from metis_rt.pipeline.offline import OUTPUT_SAMPLE_RATE, MetisPipeline
     from metis_rt.pipeline.process import DecodingOverrides, check_output_path, make_noise, task_settings
 
+    if args.engine not in ("auto", "metis"):
+        raise ConfigError(f"engine {args.engine!r} only denoises (task se); {args.task} runs on Metis")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_dir, device, dtype = _model_dir(args), _device(args.device), parse_dtype(args.dtype)
     output = check_output_path(args.output)
     if args.input is not None:
@@ -543,6 +671,7 @@ def cmd_eval(args) -> int:
         workers=args.workers,
         seed=args.seed,
         metrics=metrics,
+        engine=args.engine,
     )
     report = run_eval(opts, progress=not args.no_progress)
     print(f"report: {report}")

@@ -186,6 +186,8 @@ def test_settings_state_is_json_ready():
         "voice": None,
         "stage1_steps": None,
         "s2a_steps": [1] * 12,
+        "engine": "auto",  # asked for; a backend replaces it with the engine that runs
+        "strength": None,
     }
 
 

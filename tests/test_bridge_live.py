@@ -70,7 +70,15 @@ class LiveBridge:
     """The bridge subprocess, a recorder on the virtual microphone and a player into the fake microphone."""
 
     def __init__(
-        self, pulse: PulseDaemon, broker: Broker, tmp_path: Path, local: bool = True, server: str = "", extra=()
+        self,
+        pulse: PulseDaemon,
+        broker: Broker,
+        tmp_path: Path,
+        local: bool = True,
+        server: str = "",
+        extra=(),
+        program=("-m", "tests.bridge_child"),
+        env=None,
     ):
         self.pulse, self.tmp = pulse, tmp_path
         self.log_path = tmp_path / "bridge.log"
@@ -80,9 +88,9 @@ class LiveBridge:
         args += ["--input", "pulse:fake_mic.monitor", "--mqtt", broker.url, "--mqtt-node", NODE]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.bridge_child", *args, "--duration", str(TEST_S), "-v"],
+                [sys.executable, *program, *args, "--duration", str(TEST_S), "-v"],
                 cwd=REPO_DIR,
-                env={**pulse.env, "HF_HUB_OFFLINE": "1"},
+                env={**pulse.env, "HF_HUB_OFFLINE": "1", **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -90,8 +98,8 @@ class LiveBridge:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    async def wait_for_device(self) -> None:
-        deadline = time.monotonic() + STEP_S
+    async def wait_for_device(self, timeout_s: float = STEP_S) -> None:
+        deadline = time.monotonic() + timeout_s
         while "metis_vmic_mic" not in self.pulse.pactl("list", "short", "sources").stdout:
             assert self.proc.poll() is None, self.log()
             assert time.monotonic() < deadline, "no virtual microphone within the deadline\n" + self.log()
@@ -346,7 +354,7 @@ def server(combined_model_dir, tmp_path):
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "run_server.py", "--model-dir", str(combined_model_dir), "--port", str(port)]
-            + ["--tasks", "se", "--threads", "1"],
+            + ["--tasks", "se", "--threads", "1", "--device", "cpu"],  # Metis on the CPU (auto: the CPU engine)
             cwd=REPO_DIR,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
             stdout=log,
@@ -416,3 +424,80 @@ def test_unreachable_server_is_a_clear_error_and_leaves_no_device(pulse, tmp_pat
     assert proc.returncode == 1, proc.stderr
     assert f"cannot connect to ws://127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not _owners(pulse)  # the virtual microphone it created was removed again
+
+
+# ----------------------------------------------------------------------------- the CPU engine, out of the box
+START_S = 60.0  # the real CLI starting (imports, the DeepFilterNet3 state) on a loaded 2-core machine
+MIN_OVRL_GAIN = 0.8  # DNSMOS OVRL of the virtual microphone over the noisy input
+VAD_FRAME = 480  # 30 ms at 16 kHz (webrtcvad's longest frame)
+
+
+def _aligned(recorded: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The part of ``recorded`` that lines up with ``reference`` (cross-correlation over the whole recording)."""
+    assert len(recorded) > len(reference), f"recording too short: {len(recorded)} < {len(reference)} samples"
+    n = 1 << int(np.ceil(np.log2(len(recorded) + len(reference))))
+    corr = np.fft.irfft(np.fft.rfft(recorded, n) * np.conj(np.fft.rfft(reference, n)), n)
+    lag = int(np.argmax(corr[: len(recorded) - len(reference) + 1]))
+    return recorded[lag : lag + len(reference)]
+
+
+def _speech_fraction(x: np.ndarray) -> float:
+    import webrtcvad
+
+    vad = webrtcvad.Vad(2)
+    pcm16 = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    frames = [pcm16[i : i + VAD_FRAME].tobytes() for i in range(0, len(pcm16) - VAD_FRAME + 1, VAD_FRAME)]
+    return float(np.mean([vad.is_speech(f, RATE) for f in frames]))
+
+
+def test_bridge_out_of_the_box_denoises_with_deepfilternet3(pulse, broker, tmp_path):
+    """``metis-rt bridge --local`` with no weights: the CPU engine runs (auto); noisy speech played into the
+    fake microphone comes out of the virtual microphone much cleaner (DNSMOS) and still speech (level, VAD)."""
+    from metis_rt.denoisers import open_denoiser
+    from metis_rt.eval.metrics import dnsmos
+    from metis_rt.streaming.frame_session import denoise
+
+    x, rate = sf.read(EXAMPLES_DIR / "speech_noisy.wav", dtype="float32")
+    assert rate == RATE
+    x = np.concatenate([x, x[::-1]])
+    path = tmp_path / "noisy.wav"
+    sf.write(path, x, RATE, subtype="FLOAT")
+
+    async def body(bridge: LiveBridge):
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="test-panel") as client:
+            await client.subscribe(f"{BASE}/#", qos=1)
+            await bridge.wait_for_device(START_S)
+            state = await _message(client, f"{BASE}/state")
+            assert state["engine"] == "deepfilternet3" and state["task"] == "se", state
+            await _publish(client, "strength", "150")  # out of range: an error, nothing changes
+            assert "between 0 and 100" in (await _message(client, f"{BASE}/error"))["reason"]
+            await bridge.record()
+            await asyncio.sleep(0.5)
+            player = bridge.play(path)
+            await _wait_until(player, 30)
+            await asyncio.sleep(TAIL_S)
+        return bridge.recorded()
+
+    bridge = LiveBridge(
+        pulse,
+        broker,
+        tmp_path,
+        local=True,  # (with neither --server nor --local the bridge looks at 127.0.0.1:8765 first: not here)
+        program=("-m", "metis_rt", "bridge"),
+        env={"METIS_RT_MODEL_DIR": str(tmp_path / "no-weights"), "PYTHONPATH": str(REPO_DIR)},
+    )
+    try:
+        recorded = asyncio.run(asyncio.wait_for(body(bridge), TEST_S))
+    finally:
+        code = bridge.stop()
+    log = bridge.log()
+    assert code == 0 and "Traceback" not in log, log
+    assert "engine: deepfilternet3" in log, log
+
+    out = _aligned(recorded, denoise(open_denoiser("deepfilternet3"), x, RATE))
+    noisy_ovrl, out_ovrl = dnsmos(x)["dnsmos_ovrl"], dnsmos(out)["dnsmos_ovrl"]
+    assert out_ovrl >= noisy_ovrl + MIN_OVRL_GAIN, (noisy_ovrl, out_ovrl)
+    level_db = 10 * np.log10(np.mean(out**2) / np.mean(x**2))
+    assert level_db > -12, level_db  # speech kept its level (the noise went)
+    assert _speech_fraction(out) >= 0.5 * _speech_fraction(x), (_speech_fraction(out), _speech_fraction(x))
+    assert _speech_fraction(out) > 0.3

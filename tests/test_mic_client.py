@@ -550,3 +550,22 @@ def test_file_client_writes_the_output_and_a_report(server_url, tmp_path):
     out, rate = sf.read(tmp_path / "out.wav", dtype="float32")
     report = json.loads((tmp_path / "report.json").read_text())
     assert rate == 24000 and len(out) == report["input_samples"] == report["output_samples"]
+
+
+def test_engine_and_strength_reach_session_start_and_bad_values_are_usage_errors():
+    import json
+
+    from metis_rt.clients import wire
+    from metis_rt.clients.mic import MicConfig, build_parser, check_args, start_options
+
+    cfg = MicConfig(url="ws://x", engine="deepfilternet3", strength=12.0)
+    start = json.loads(wire.start_message("se", 48000, "f32le", 48000, options=start_options(cfg), engine=cfg.engine))
+    assert start["engine"] == "deepfilternet3" and start["options"] == {"strength": 12.0}
+    assert "engine" not in json.loads(wire.start_message("se", 48000, "f32le", 48000, engine="auto"))
+    for argv, message in [
+        (["--strength", "101"], "--strength must be in"),
+        (["--strength", "-1"], "--strength must be in"),
+        (["--engine", "rnnoise", "--task", "vc", "--voice", "a"], "only denoises"),
+    ]:
+        with pytest.raises(dev.AudioDeviceError, match=message):
+            check_args(build_parser().parse_args(argv))

@@ -158,20 +158,22 @@ def _process(model_dir: Path, *extra: str) -> int:
     from metis_rt.cli import build_parser, cmd_process
 
     argv = ["process", "--task", "se", str(SOURCE), "-o", str(model_dir / "out.wav"), "--model-dir", str(model_dir)]
+    argv += ["--engine", "metis"]  # the directory lacks weights: auto would denoise on the CPU engine
     return cmd_process(build_parser().parse_args([*argv, *extra]))
 
 
 def _serve(model_dir: Path):
     from metis_rt.server.main import build_parser, build_server
 
-    return build_server(build_parser().parse_args(["--model-dir", str(model_dir), "--tasks", "se"]))
+    argv = ["--model-dir", str(model_dir), "--tasks", "se", "--engine", "metis"]  # auto: the CPU engine (no weights)
+    return build_server(build_parser().parse_args(argv))
 
 
 def _bridge(model_dir: Path):
     from metis_rt.bridge.backends import BridgeSettings
     from metis_rt.bridge.main import build_parser, local_factory
 
-    args = build_parser().parse_args(["--local", "--model-dir", str(model_dir)])
+    args = build_parser().parse_args(["--local", "--model-dir", str(model_dir), "--engine", "metis"])  # as above
     return local_factory(args, BridgeSettings("se"), 16000)
 
 
@@ -213,7 +215,7 @@ def test_metis_rt_process_uses_the_model_directory_settings(tmp_path, monkeypatc
     own = _model_dir(tmp_path / "own", "decoding:\n  se:\n    stage1: {steps: 3, cfg: 0.5}\n", PARITY_DIR / "se")
     for d, extra in [(plain, []), (own, []), (own, ["--set", "decoding.se.stage1.steps=5"])]:
         argv = ["process", "--task", "se", str(SOURCE), "-o", str(tmp_path / "out.wav"), "--model-dir", str(d)]
-        assert main(argv + extra) == 0
+        assert main([*argv, "--device", "cpu", *extra]) == 0  # an explicit device: Metis, not the CPU engine
     official = load_official_config().decoding["se"]
     assert [(s.stage1.steps, s.stage1.cfg) for s in seen] == [
         (official.stage1.steps, official.stage1.cfg),
@@ -243,6 +245,7 @@ def test_metis_rt_process_stream_uses_the_model_directory_settings(tmp_path, mon
     )
     d = _model_dir(tmp_path / "own", settings, PARITY_DIR / "se")
     argv = ["process", "--task", "se", str(SOURCE), "-o", str(tmp_path / "out.wav"), "--model-dir", str(d), "--stream"]
+    argv += ["--device", "cpu"]  # an explicit device: Metis, not the CPU engine
     assert main(argv) == 0
     assert main(argv + ["--left-context-ms", "960"]) == 0  # the command line beats the model directory
     got = [(s.geometry.left * 20, s.geometry.s2a_left * 20, s.spec.settings.stage1.steps) for s in seen]

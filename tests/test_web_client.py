@@ -267,3 +267,77 @@ def test_browser_streams_microphone_through_the_server(web_server, fake_mic_wav,
     png = screenshot.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > MIN_PNG_BYTES
     SCREENSHOT_COPY.write_bytes(png)
+
+
+@pytest.fixture(scope="module")
+def cpu_web_server(tmp_path_factory):
+    """``metis-rt serve`` on a machine without weights: DeepFilterNet3 serves se (engine auto)."""
+    from metis_rt.server.main import build_parser, build_server
+
+    empty = tmp_path_factory.mktemp("no-weights")
+    server = build_server(build_parser().parse_args(["--model-dir", str(empty), "--port", "0", "--token", TOKEN]))
+    ready = threading.Event()
+    loop_box: list[asyncio.AbstractEventLoop] = []
+
+    async def serve() -> None:
+        loop_box.append(asyncio.get_running_loop())
+        await server.run(host="127.0.0.1", port=0, on_ready=lambda _port: ready.set())
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="metis-cpu-server", daemon=True)
+    thread.start()
+    if not ready.wait(SERVER_START_S):
+        pytest.fail(f"the server did not become ready within {SERVER_START_S:g} s")
+    yield server
+    loop_box[0].call_soon_threadsafe(server.stop)
+    thread.join(timeout=15)
+
+
+ENGINE_UI_JS = """
+(() => ({
+  engineOptions: [...document.getElementById("engine").options].map((o) => o.value),
+  picked: document.getElementById("engine").value,
+  shown: document.getElementById("st-engine").textContent,
+  strengthHidden: document.getElementById("strength-row").hidden,
+}))()
+"""
+
+
+def test_browser_picks_the_cpu_engine_and_sets_its_strength(cpu_web_server, fake_mic_wav, tmp_path):
+    """The page lists the server's engines for the task, starts the one the link names with its strength, shows it,
+    and moving the strength slider reaches the running session (session.update)."""
+    base = f"http://127.0.0.1:{cpu_web_server.port}/"
+    browser = Browser(fake_mic_wav, tmp_path)
+
+    async def body():
+        async with websockets.connect(browser.page_socket_url(), max_size=None) as ws:
+            page = Page(ws)
+            await page.open(f"{base}?autostart=1&task=se&engine=deepfilternet3&strength=20&token={TOKEN}")
+            await page.evaluate(WAIT_FOR_AUDIO_JS % {"seconds": MIN_RECEIVED_S}, timeout_s=AUDIO_WAIT_S)
+            summary, ui = await page.evaluate(SUMMARY_JS), await page.evaluate(ENGINE_UI_JS)
+            strengths = [c.session.strength_db for c in list(cpu_web_server.connections)]
+            slider = 'const s = document.getElementById("strength"); s.value = "6"; '
+            await page.evaluate(slider + 's.dispatchEvent(new Event("change"));')
+            deadline = time.monotonic() + STOP_WAIT_S
+            while [c.session.strength_db for c in list(cpu_web_server.connections)] != [6.0]:
+                assert time.monotonic() < deadline, "the strength update did not reach the session"
+                await asyncio.sleep(0.1)
+            await page.evaluate('document.getElementById("stop").click()')
+            return summary, ui, strengths, await page.evaluate(WAIT_FOR_STOP_JS, timeout_s=STOP_WAIT_S)
+
+    try:
+        summary, ui, strengths, final_state = asyncio.run(body())
+    except (TimeoutError, AssertionError) as exc:
+        raise AssertionError(f"{exc!r}\nchromium log:\n{browser.log_tail()}") from exc
+    finally:
+        browser.close()
+    assert summary["lastError"] is None and not summary["errorShown"], summary
+    assert summary["ready"]["engine"] == "deepfilternet3", summary["ready"]
+    assert summary["finite"] and summary["rms"] > MIN_RMS, summary
+    assert ui == {
+        "engineOptions": ["auto", "deepfilternet3", "rnnoise"],
+        "picked": "deepfilternet3",
+        "shown": "deepfilternet3",
+        "strengthHidden": False,
+    }, ui
+    assert strengths == [20.0]
+    assert final_state == "stopped"

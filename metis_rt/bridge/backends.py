@@ -21,11 +21,23 @@ from websockets.exceptions import ConnectionClosed
 
 from metis_rt.clients import wire
 from metis_rt.config import OfficialConfig
-from metis_rt.control.commands import Command, CommandError, SetBypass, SetMix, SetSteps, SetTask, SetVoice
+from metis_rt.control.commands import (
+    Command,
+    CommandError,
+    SetBypass,
+    SetMix,
+    SetSteps,
+    SetStrength,
+    SetTask,
+    SetVoice,
+)
+from metis_rt.denoisers import FrameDenoiser
+from metis_rt.engines import FRAME_TASKS
 from metis_rt.errors import MetisError
 from metis_rt.server.voices import VoiceLibrary
 from metis_rt.streaming.config import StepsConfig, StreamConfig, stream_decoding
 from metis_rt.streaming.engine import Engine
+from metis_rt.streaming.frame_session import DEFAULT_STRENGTH_DB, FrameSession, FrameSpec, frame_engine
 from metis_rt.streaming.geometry import Geometry
 from metis_rt.streaming.processor import WindowProcessor
 from metis_rt.streaming.session import PROMPT_TASKS, SessionSpec, StreamSession
@@ -54,6 +66,8 @@ class BridgeSettings:
     voice: str | None = None
     stage1_steps: int | None = None
     s2a_steps: tuple[int, ...] | None = None
+    engine: str = "auto"  # the engine asked for / running (metis_rt.engines)
+    strength: float | None = None  # CPU denoisers: attenuation limit in dB (None: the engine's default, unlimited)
 
     def as_state(self) -> dict:
         state = dataclasses.asdict(self)
@@ -100,7 +114,9 @@ class LocalBackend:
         self.engine = Engine(processor, stream_cfg.engine)
         self.geometry = Geometry.from_config(stream_cfg.geometry)
         steps = self._steps(settings.task, settings.stage1_steps, settings.s2a_steps)
-        self.settings = dataclasses.replace(settings, stage1_steps=steps.stage1, s2a_steps=tuple(steps.s2a))
+        self.settings = dataclasses.replace(
+            settings, stage1_steps=steps.stage1, s2a_steps=tuple(steps.s2a), engine="metis"
+        )
         if settings.task in PROMPT_TASKS and reference is None:
             raise BackendError(f"task {settings.task!r} needs a voice: give --voice NAME or --reference FILE")
         spec = SessionSpec(
@@ -170,6 +186,8 @@ class LocalBackend:
             new = dataclasses.replace(s, voice=command.voice)
         elif isinstance(command, SetTask):
             new = self._switch_task(command.task)
+        elif isinstance(command, SetStrength):
+            raise CommandError("strength applies to the CPU denoisers (engine deepfilternet3 or rnnoise), not metis")
         else:  # pragma: no cover - the command types are a closed union
             raise CommandError(f"unsupported command {command!r}")
         self.settings = new
@@ -213,6 +231,56 @@ class LocalBackend:
             raise CommandError(f"voice {name!r} is unusable: {exc}") from None
 
 
+class LocalDenoiserBackend(LocalBackend):
+    """A CPU denoiser (DeepFilterNet3, RNNoise) in a frame engine thread of our own, one session (task se).
+
+    The same backend as Metis' (start, push, run, stats, close are inherited): only the session and the commands
+    differ. Steps, voices and task switches belong to Metis and are refused; ``set/strength`` applies."""
+
+    def __init__(
+        self,
+        denoiser: FrameDenoiser,
+        stream_cfg: StreamConfig,
+        settings: BridgeSettings,
+        input_rate: int,
+        output_rate: int,
+        on_output: OnOutput,
+    ):
+        if settings.task not in FRAME_TASKS:
+            raise BackendError(f"engine {denoiser.name!r} only denoises (task se), not {settings.task!r}")
+        self.settings = dataclasses.replace(settings, engine=denoiser.name, stage1_steps=None, s2a_steps=None)
+        self.engine = frame_engine(stream_cfg.engine)
+        strength = DEFAULT_STRENGTH_DB if settings.strength is None else settings.strength
+        spec = FrameSpec(settings.task, input_rate, output_rate, denoiser.name)
+        self.session = FrameSession(1, spec, denoiser, stream_cfg.engine, on_output=on_output, strength_db=strength)
+        self.settings = dataclasses.replace(self.settings, strength=strength)
+        self.session.set_mix(settings.mix, settings.bypass)
+        self._closed = asyncio.Event()
+
+    @property
+    def chunk_ms(self) -> int:
+        return round(self.session.frame * 1000 / self.session.rate)
+
+    async def apply(self, command: Command) -> None:
+        s = self.settings
+        if isinstance(command, SetBypass | SetMix):
+            new = dataclasses.replace(
+                s,
+                bypass=command.enabled if isinstance(command, SetBypass) else s.bypass,
+                mix=command.mix if isinstance(command, SetMix) else s.mix,
+            )
+            self.session.set_mix(new.mix, new.bypass)
+        elif isinstance(command, SetStrength):
+            try:
+                self.session.set_strength(command.db)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            new = dataclasses.replace(s, strength=command.db)
+        else:
+            raise CommandError(f"engine {s.engine!r} only denoises: steps, voices and task switches need Metis")
+        self.settings = new
+
+
 # ----------------------------------------------------------------------------- a metis-rt server
 class RemoteBackend:
     """One WebSocket session on a metis-rt server (protocol v1, see docs/protocol.md)."""
@@ -254,6 +322,8 @@ class RemoteBackend:
     async def start(self) -> None:
         s = self.settings
         options = {"mix": s.mix, "bypass": s.bypass}
+        if s.strength is not None:
+            options["strength"] = s.strength
         if s.stage1_steps is not None:
             options["stage1_steps"] = s.stage1_steps
         if s.s2a_steps is not None:
@@ -266,12 +336,14 @@ class RemoteBackend:
             voice=s.voice if s.task in PROMPT_TASKS else None,
             reference=self.reference if s.voice is None and s.task in PROMPT_TASKS else None,
             options=options,
+            engine=s.engine,
         )
         try:
             self.ws, self.ready = await wire.open_session(self.url, start, self.token)
         except wire.ClientError as exc:
             raise BackendError(str(exc)) from exc
-        self.settings = with_steps(self.settings, self.ready.stage1_steps, self.ready.s2a_steps)  # those in force
+        in_force = with_steps(self.settings, self.ready.stage1_steps, self.ready.s2a_steps)  # the steps in force
+        self.settings = dataclasses.replace(in_force, engine=self.ready.engine)
 
     def push(self, block: np.ndarray) -> None:
         """Overload policy: when the socket cannot keep up the *oldest* block is dropped (counted)."""
@@ -366,6 +438,8 @@ class RemoteBackend:
             return wire.update_request(options), new
         if isinstance(command, SetVoice):
             return wire.update_request({}, voice=command.voice), dataclasses.replace(s, voice=command.voice)
+        if isinstance(command, SetStrength):
+            return wire.update_request({"strength": command.db}), dataclasses.replace(s, strength=command.db)
         if isinstance(command, SetTask):
             # the server starts the new task with its own default steps
             new = dataclasses.replace(s, task=command.task, stage1_steps=None, s2a_steps=None)

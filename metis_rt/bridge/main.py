@@ -25,19 +25,37 @@ from metis_rt.clients.terminal import StatusDisplay, cbreak_keys
 from metis_rt.config import TASKS
 from metis_rt.control import commands
 from metis_rt.control.commands import MQTT_PASSWORD_ENV, BrokerUrlError, CommandError, Topics, parse_broker_url
+from metis_rt.engines import AUTO, ENGINE_CHOICES, FRAME_ENGINES, check_engine
 from metis_rt.errors import ConfigError, MetisError
 
 log = logging.getLogger("metis_rt.bridge")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_RATE = 48000
+DEFAULT_SERVER = "ws://127.0.0.1:8765"
+PROBE_S = 0.5  # how long to look for a server at DEFAULT_SERVER before processing locally
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metis-rt bridge", description=__doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--server", default="ws://127.0.0.1:8765", help="metis-rt server (default: %(default)s)")
-    where.add_argument("--local", action="store_true", help="run the models in this process instead of a server")
+    where.add_argument(
+        "--server",
+        help=f"metis-rt server (default: {DEFAULT_SERVER} if one answers there, else --local)",
+    )
+    where.add_argument("--local", action="store_true", help="process in this process instead of a server")
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default=AUTO,
+        help="auto: the server's choice; --local: Metis with its weights and a CUDA device (or --device), "
+        "else the CPU denoiser DeepFilterNet3 (se) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        help="CPU denoisers: attenuation limit in dB, 0 (none) .. 100 (unlimited, the default)",
+    )
     p.add_argument("--token", help="bearer token for the server")
     p.add_argument("--task", choices=TASKS, default="se")
     voice = p.add_mutually_exclusive_group()
@@ -67,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo = p.add_argument_group("--local processing")
     lo.add_argument("--model-dir", type=Path, help="model directory (default: $METIS_RT_MODEL_DIR or the cache)")
     lo.add_argument("--tasks", help="tasks to load for switching (default: just --task)")
-    lo.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    lo.add_argument("--device", help="metis: cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     lo.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     lo.add_argument("--voices-dir", type=Path, help="folder of named voices (NAME.wav) for set/voice")
     lo.add_argument("--stream-config", type=Path, help="streaming config YAML (default configs/streaming.yaml)")
@@ -108,6 +126,9 @@ def check_args(args) -> bytes | None:
         raise ConfigError("--prefill-ms must be >= 0 and below --max-buffer-ms")
     if args.duration is not None and args.duration <= 0:
         raise ConfigError("--duration must be positive")
+    check_engine(args.engine, args.task)
+    if args.strength is not None and not 0.0 <= args.strength <= 100.0:
+        raise ConfigError(f"--strength must be in [0, 100] dB, got {args.strength}")
     if args.task in ("tse", "vc") and args.voice is None and args.reference is None:
         raise ConfigError(f"--task {args.task} needs --voice NAME or --reference FILE")
     if args.reference is None:
@@ -175,10 +196,14 @@ def local_factory(args, settings: BridgeSettings, rate: int, processor=None):
             raise ConfigError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     if processor is None:
+        engine = _local_engine(args, tasks, model_dir, official)
+        if engine in FRAME_ENGINES:
+            return _denoiser_factory(engine, stream_cfg, settings, rate)
+    if processor is None:
         from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config_for_tasks
         from metis_rt.streaming.processor import MetisWindowProcessor
 
-        device = torch.device(args.device)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: no CUDA device available")
         cfg, _ = resolve_config_for_tasks(model_dir, tasks, official)
@@ -203,6 +228,50 @@ def local_factory(args, settings: BridgeSettings, rate: int, processor=None):
         )
 
     return factory
+
+
+def _local_engine(args, tasks: list[str], model_dir: Path, official) -> str:
+    """``--engine`` resolved for local processing (metis_rt.engines); prints the one line auto has to say."""
+    import torch
+
+    from metis_rt.engines import choose_engine
+    from metis_rt.models.hub import missing_files
+    from metis_rt.pipeline.components import resolve_config_for_tasks
+
+    def missing() -> list[str]:
+        cfg, _ = resolve_config_for_tasks(model_dir, tasks, official)
+        return [f.local_path for f in missing_files(model_dir, tasks, cfg)]
+
+    engine = args.engine if args.engine != AUTO or set(tasks) <= {"se"} else "metis"  # tse/vc: Metis only
+    choice = choose_engine(engine, args.task, missing, device=args.device, cuda=torch.cuda.is_available())
+    if choice.note:
+        print(choice.note, file=sys.stderr, flush=True)
+    return choice.engine
+
+
+def _denoiser_factory(engine: str, stream_cfg, settings: BridgeSettings, rate: int):
+    from metis_rt.bridge.backends import LocalDenoiserBackend
+    from metis_rt.denoisers import open_denoiser
+
+    denoiser = open_denoiser(engine)  # EngineUnavailable (says why) now, before any device opens
+
+    def factory(on_output):
+        return LocalDenoiserBackend(denoiser, stream_cfg, settings, rate, rate, on_output)
+
+    return factory
+
+
+def server_reachable(url: str, timeout_s: float = PROBE_S) -> bool:
+    """Whether something accepts TCP connections at ``url``'s host and port (the default server, on loopback)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def remote_factory(args, settings: BridgeSettings, rate: int, reference: bytes | None):
@@ -236,7 +305,13 @@ def main(argv: Sequence[str] | None = None, *, processor=None) -> int:
         reference = check_args(args)
         broker, node = broker_from_args(args)
         cfg = device_config(args, sd, broker, node)
-        settings = BridgeSettings(args.task, args.bypass, args.mix, args.voice)
+        settings = BridgeSettings(
+            args.task, args.bypass, args.mix, args.voice, engine=args.engine, strength=args.strength
+        )
+        if not args.local and args.server is None:
+            args.local = not server_reachable(DEFAULT_SERVER)  # out of the box: no server, process here
+            args.server = DEFAULT_SERVER
+            log.info("no --server given: %s", "processing locally" if args.local else f"using {DEFAULT_SERVER}")
         if args.local:
             factory = local_factory(args, settings, args.rate, processor)
         else:

@@ -71,6 +71,8 @@ class MicConfig:
     prefill_ms: float = 120.0
     max_buffer_ms: float = 1000.0
     mix: float = 1.0
+    engine: str = "auto"  # auto | metis | deepfilternet3 | rnnoise (the server decides for auto)
+    strength: float | None = None  # CPU denoisers: attenuation limit in dB (None: the engine's default)
 
 
 @dataclass
@@ -95,6 +97,16 @@ def key_command(key: str, bypass: bool, mix: float) -> tuple[str, dict]:
     if key == "q":
         return "quit", {}
     return "none", {}
+
+
+def start_options(cfg: MicConfig) -> dict | None:
+    """The ``options`` of session.start: only what differs from the server's defaults."""
+    options: dict = {}
+    if cfg.mix != 1.0:
+        options["mix"] = cfg.mix
+    if cfg.strength is not None:
+        options["strength"] = cfg.strength
+    return options or None
 
 
 def status_line(counters: ClientCounters, jitter: JitterBuffer, cfg: MicConfig, bypass: bool, mix: float) -> str:
@@ -150,7 +162,8 @@ class MicClient:
             self.cfg.output_rate,
             voice=self.cfg.voice,
             reference=self.cfg.reference,
-            options={"mix": self.cfg.mix} if self.cfg.mix != 1.0 else None,
+            options=start_options(self.cfg),
+            engine=self.cfg.engine,
         )
         with self._signals():
             ws, ready = await wire.open_session(self.cfg.url, start, self.cfg.token)
@@ -351,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-ms", type=float, default=120.0, help="jitter buffer prefill (default 120)")
     p.add_argument("--max-buffer-ms", type=float, default=1000.0, help="jitter buffer bound (default 1000)")
     p.add_argument("--mix", type=float, default=1.0, help="1 = processed only, 0 = dry only (default 1)")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "metis", "deepfilternet3", "rnnoise"),
+        default="auto",
+        help="processing engine on the server (default: the server's choice)",
+    )
+    p.add_argument(
+        "--strength", type=float, help="CPU denoisers: attenuation limit in dB, 0 (none) .. 100 (unlimited, default)"
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -363,6 +385,10 @@ def check_args(args) -> bytes | None:
         raise dev.AudioDeviceError(f"--rate must be in [{MIN_RATE}, {MAX_RATE}] Hz, got {args.rate}")
     if not 0.0 <= args.mix <= 1.0:
         raise dev.AudioDeviceError(f"--mix must be in [0, 1], got {args.mix}")
+    if args.strength is not None and not 0.0 <= args.strength <= 100.0:
+        raise dev.AudioDeviceError(f"--strength must be in [0, 100] dB, got {args.strength}")
+    if args.engine in ("deepfilternet3", "rnnoise") and args.task != "se":
+        raise dev.AudioDeviceError(f"--engine {args.engine} only denoises (--task se)")
     if args.prefill_ms < 0 or args.max_buffer_ms <= 0:
         raise dev.AudioDeviceError("--prefill-ms must be >= 0 and --max-buffer-ms > 0")
     wants_voice = args.task in ("tse", "vc")
@@ -407,6 +433,8 @@ def config_from_args(args, sd) -> MicConfig:
         prefill_ms=args.prefill_ms,
         max_buffer_ms=args.max_buffer_ms,
         mix=args.mix,
+        engine=args.engine,
+        strength=args.strength,
     )
 
 

@@ -71,8 +71,10 @@ def start_message(
     voice: str | None = None,
     reference: bytes | None = None,
     options: dict[str, Any] | None = None,
+    engine: str | None = None,
 ) -> str:
-    """The ``session.start`` JSON; ``reference`` is the raw bytes of an audio file (sent base64)."""
+    """The ``session.start`` JSON; ``reference`` is the raw bytes of an audio file (sent base64); ``engine``: None
+    or ``auto`` leaves the choice to the server."""
     message: dict[str, Any] = {
         "type": "session.start",
         "protocol": proto.PROTOCOL_VERSION,
@@ -88,6 +90,8 @@ def start_message(
         message["reference"] = {"data": base64.b64encode(reference).decode("ascii")}
     if options:
         message["options"] = dict(options)
+    if engine is not None and engine != "auto":
+        message["engine"] = engine
     return json.dumps(message, separators=(",", ":"))
 
 
@@ -156,6 +160,8 @@ def ready_from(event: dict[str, Any]) -> proto.SessionReady:
         str(event.get("stage1", "task")),
         reported_steps(event.get("stage1_steps")),
         reported_step_list(event.get("s2a_steps")),
+        str(event.get("engine", "metis")),  # servers before engines existed ran Metis only
+        int(event.get("latency_samples", 0)),
     )
 
 

@@ -28,7 +28,8 @@ DEFAULT_PREFIX = "metis"
 MQTT_PASSWORD_ENV = "METIS_RT_MQTT_PASSWORD"  # read by the entry points, so a password need not be on the command line
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
-SETTINGS = ("bypass", "mix", "task", "voice", "steps")
+SETTINGS = ("bypass", "mix", "task", "voice", "steps", "strength")
+STRENGTH_RANGE_DB = (0.0, 100.0)  # = metis_rt.denoisers.STRENGTH_RANGE_DB (attenuation limit of the CPU denoisers)
 TASKS = ("se", "tse", "vc")
 S2A_STAGES = 12
 MAX_VOICE_CHARS = 128
@@ -226,7 +227,14 @@ class SetSteps:
     s2a: tuple[int, ...] | None = None
 
 
-Command = SetBypass | SetMix | SetTask | SetVoice | SetSteps
+@dataclass(frozen=True)
+class SetStrength:
+    """Attenuation limit of a CPU denoiser in dB (0 = no reduction, 100 = unlimited)."""
+
+    db: float
+
+
+Command = SetBypass | SetMix | SetTask | SetVoice | SetSteps | SetStrength
 
 
 def _decode(payload: bytes) -> tuple[str, object]:
@@ -261,6 +269,17 @@ def _parse_mix(text: str, value: object) -> SetMix:
     if not math.isfinite(mix) or not 0.0 <= mix <= 1.0:
         raise CommandError(f"mix got {text!r}; expected a number between 0 and 1")
     return SetMix(mix)
+
+
+def _parse_strength(text: str, value: object) -> SetStrength:
+    low, high = STRENGTH_RANGE_DB
+    expected = f"expected an attenuation limit in dB between {low:g} and {high:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CommandError(f"strength got {text!r}; {expected}")
+    db = float(value)
+    if not math.isfinite(db) or not low <= db <= high:
+        raise CommandError(f"strength got {text!r}; {expected}")
+    return SetStrength(db)
 
 
 def _parse_task(text: str, value: object) -> SetTask:
@@ -307,6 +326,7 @@ _PARSERS = {
     "task": _parse_task,
     "voice": _parse_voice,
     "steps": _parse_steps,
+    "strength": _parse_strength,
 }
 
 

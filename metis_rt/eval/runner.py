@@ -44,6 +44,18 @@ class EvalOptions:
     seed: int = 0
     metrics: tuple[str, ...] | None = None  # None = all (quick: all but WER)
     per_task: int | None = None  # at most this many items per task, a seeded sample (None = all)
+    engine: str = "auto"  # auto = every usable system; an engine name = its systems (+ unprocessed) only
+
+
+def engine_systems(systems: list, engine: str) -> list:
+    """``--engine NAME``: the systems of that engine (``NAME``, ``NAME-...``) and the unprocessed reference row."""
+    if engine == "auto":
+        return systems
+    kept = [s for s in systems if s.name == "unprocessed" or s.name == engine or s.name.startswith(f"{engine}-")]
+    if all(s.name == "unprocessed" for s in kept):
+        hint = " (metis systems need --model-dir)" if engine == "metis" else ""
+        raise ConfigError(f"--engine {engine}: no such system among {sorted(s.name for s in systems)}{hint}")
+    return kept
 
 
 def load_set(opts: EvalOptions, progress: bool) -> tuple[Path, dict]:
@@ -122,6 +134,7 @@ def run_eval(opts: EvalOptions, progress: bool = True) -> Path:
         raise ConfigError("no items to evaluate (check --tasks against the set)")
     tasks = sorted({item["task"] for item in items})
     systems, models = sysmod.select(opts.systems, opts.model_dir, tasks, opts.device)
+    systems = engine_systems(systems, opts.engine)
     which = opts.metrics or (QUICK if opts.quick else ALL)
 
     outputs: dict[str, list[tuple[str, str]]] = {item["id"]: [] for item in items}

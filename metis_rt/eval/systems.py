@@ -26,7 +26,12 @@ STREAM_GEOMETRIES: dict[str, tuple[int, int]] = {  # name suffix -> (chunk_ms, l
     "240-160": (240, 160),
     "480-240": (480, 240),
 }
-BASELINE_LATENCY_MS = {"unprocessed": 0.0, "rnnoise": 20.0, "spectral_gating": None}  # None: needs the whole file
+BASELINE_LATENCY_MS = {  # algorithmic latency of each baseline run live; None: needs the whole file
+    "unprocessed": 0.0,
+    "rnnoise": 20.0,  # metis_rt/denoisers/rnnoise.py: 960 samples at 48 kHz
+    "deepfilternet3": 30.0,  # metis_rt/denoisers/deepfilternet3.py: 1440 samples at 48 kHz
+    "spectral_gating": None,
+}
 
 
 @dataclass
@@ -52,10 +57,50 @@ def baseline_systems() -> list[System]:
     from metis_rt.eval import baselines
 
     out = []
-    for cls, tasks in ((baselines.Unprocessed, ("se", "tse", "vc")), (baselines.RNNoise, ("se", "tse"))):
+    for cls, tasks in (
+        (baselines.Unprocessed, ("se", "tse", "vc")),
+        (baselines.RNNoise, ("se", "tse")),
+        (baselines.DeepFilterNet3, ("se", "tse")),
+    ):
         out.append(_baseline(cls(), tasks))
     out.append(_baseline(baselines.SpectralGating(), ("se", "tse")))
+    out.append(denoiser_stream_system("deepfilternet3"))
     return out
+
+
+DENOISER_STREAM_PACKET_MS = 20.0  # what the web page and the mic client send
+
+
+def denoiser_stream_system(name: str) -> System:
+    """``NAME-stream``: a frame-wise denoiser through the live path (a FrameSession on an engine thread, the input at
+    16 kHz pushed in 20 ms packets, not paced), so the row includes the stream resamplers and the delay
+    compensation the server applies."""
+    from metis_rt.streaming.config import EngineConfig
+
+    def run(task: str, input_path: Path, enrollment: Path | None) -> np.ndarray:
+        from metis_rt.denoisers import open_denoiser
+        from metis_rt.streaming.frame_session import FrameSession, FrameSpec, frame_engine
+        from metis_rt.streaming.simulate import simulate
+
+        x = _read16(input_path)
+        engine = frame_engine(EngineConfig())
+        session = FrameSession(1, FrameSpec("se", RATE, RATE, name), open_denoiser(name), EngineConfig())
+        engine.add(session)
+        engine.start()
+        try:
+            out, _ = simulate(engine, session, x, packet_ms=DENOISER_STREAM_PACKET_MS)
+        finally:
+            engine.stop()
+        if session.error is not None:
+            raise session.error
+        return _fit(out, len(x))
+
+    from metis_rt.denoisers import denoiser_type
+    from metis_rt.streaming.frame_session import FrameSession, FrameSpec
+
+    # the algorithmic latency a 16 kHz client gets: the class carries the geometry, no runtime is opened
+    probe = FrameSession(0, FrameSpec("se", RATE, RATE, name), denoiser_type(name), EngineConfig())
+    return System(f"{name}-stream", ("se",), round(probe.latency_ms, 1), run)
 
 
 def _baseline(impl, tasks: tuple[str, ...]) -> System:

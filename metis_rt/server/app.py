@@ -34,6 +34,7 @@ from metis_rt.server import admission, http
 from metis_rt.server import protocol as proto
 from metis_rt.server.config import ServerConfig, mqtt_settings
 from metis_rt.server.connection import CLOSE_GOING_AWAY, CLOSE_TRY_LATER, Connection
+from metis_rt.server.engines import EngineCatalogue
 from metis_rt.server.voices import VoiceLibrary
 from metis_rt.streaming.config import StreamConfig, stream_decoding
 from metis_rt.streaming.engine import Engine
@@ -68,7 +69,7 @@ class Counters:
 class MetisServer:
     def __init__(
         self,
-        processor: WindowProcessor,
+        processor: WindowProcessor | None,
         official: OfficialConfig,
         stream_cfg: StreamConfig,
         cfg: ServerConfig,
@@ -79,12 +80,15 @@ class MetisServer:
         tokens: Iterable[str] = (),
         deterministic: bool = False,
         mqtt_password: str | None = None,
+        frame_engines: Iterable[str] = (),
     ):
         self.processor = processor
         self.official = official
         self.stream_cfg = stream_cfg
         self.cfg = cfg
-        self.tasks = tuple(tasks)
+        self.metis_tasks = tuple(tasks) if processor is not None else ()  # tasks the Metis models were loaded for
+        self.catalogue = EngineCatalogue(self.metis_tasks, tuple(frame_engines), stream_cfg.engine)
+        self.tasks = self.catalogue.tasks()  # every task some engine serves
         self.stage1 = tuple(stage1)  # loaded stage-1 families; the first is the sessions' default
         if not self.stage1 or set(self.stage1) - set(STAGE1_FAMILIES):
             raise ConfigError(f"stage1 must name some of {', '.join(STAGE1_FAMILIES)}, got {list(self.stage1)}")
@@ -165,6 +169,7 @@ class MetisServer:
                 del self.sessions[conn.session_id]
         if conn.session is not None:
             self.engine.remove(conn.session.id)
+            self.catalogue.remove(conn.session.id)
         if registered and self.mqtt is not None:
             self.mqtt.clear(conn.session_id)
 
@@ -201,6 +206,8 @@ class MetisServer:
             "status": "ok" if self.ready else "starting",
             "ready": self.ready,
             "tasks": list(self.tasks),
+            "engines": self.catalogue.health(),
+            "engine_latency_ms": {**self.catalogue.latency_ms(), **self._metis_latency()},
             "stage1": list(self.stage1),
             "sessions": len(self.connections),
             "max_sessions": self.cfg.max_sessions,
@@ -216,6 +223,9 @@ class MetisServer:
 
     def _cost(self) -> admission.StepCost | None:
         return admission.step_cost(list(self.engine.step_ms), list(self.engine.batch_sizes))
+
+    def _metis_latency(self) -> dict[str, float]:
+        return {"metis": self.geometry.latency_ms} if self.metis_tasks else {}
 
     def metrics_text(self) -> str:
         steps = list(self.engine.step_ms)
@@ -265,6 +275,7 @@ class MetisServer:
         check_exposure(bind, self.tokens, self.cfg.insecure)
         policy = edge_policy(self.cfg, bind, self.tokens)
         tls = tls_context(self.cfg)
+        self.catalogue.start()
         try:
             await asyncio.to_thread(self.warm_up)
             async with (
@@ -292,6 +303,7 @@ class MetisServer:
                 await self._close_all()
         finally:
             self.engine.stop()
+            self.catalogue.stop()
 
     @contextlib.asynccontextmanager
     async def _mqtt_running(self) -> AsyncIterator[None]:
@@ -356,15 +368,15 @@ class MetisServer:
     def warm_up(self) -> None:
         """One hop per streaming task and stage-1 family through the engine, and one short TTS utterance per
         family, so the first client does not pay for lazy initialisation."""
-        for family in self.stage1:
-            for task in self.tasks:
+        for family in self.stage1 if self.processor is not None else ():
+            for task in self.metis_tasks:
                 if task != "tts":
                     self._warm_up_stream(task, family)
         if self.tts_service is not None:
             self.tts_service.warm_up(self.stage1)
         self.engine.step_ms.clear()  # first steps pay for lazy initialisation: not what sessions will cost
         self.engine.batch_sizes.clear()
-        log.info("warm-up done for %s (stage-1: %s)", ", ".join(self.tasks), ", ".join(self.stage1))
+        log.info("warm-up done for %s (engines: %s)", ", ".join(self.tasks), self.catalogue.health())
 
     def _warm_up_stream(self, task: str, family: str) -> None:
         rate = 16000

@@ -27,12 +27,14 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from metis_rt.config import TaskDecoding
+from metis_rt.engines import METIS
 from metis_rt.errors import AudioInputError, ConfigError
+from metis_rt.server import frame_connection, tts_connection
 from metis_rt.server import protocol as proto
-from metis_rt.server import tts_connection
 from metis_rt.server.outbox import Outbox
 from metis_rt.server.voices import decode_reference
 from metis_rt.streaming.config import StepsConfig, stream_decoding
+from metis_rt.streaming.frame_session import FrameSession
 from metis_rt.streaming.session import PROMPT_TASKS, SessionClosed, SessionSpec, StreamSession
 from metis_rt.streaming.window import ReferenceTokens
 
@@ -52,7 +54,8 @@ class Connection:
     def __init__(self, server: MetisServer, ws):
         self.server = server
         self.ws = ws
-        self.session: StreamSession | None = None  # a streaming session (se, tse, vc)
+        self.session: StreamSession | FrameSession | None = None  # a streaming session (se, tse, vc)
+        self.engine = METIS  # the engine running it (metis_rt.engines)
         self.tts: TtsSession | None = None  # a TTS session
         self.start: proto.SessionStart | None = None
         self.stage1 = "task"  # the stage-1 family running the session
@@ -113,8 +116,10 @@ class Connection:
                 start = proto.parse_client_message(message)
                 if not isinstance(start, proto.SessionStart):
                     raise proto.ProtocolError("not_started", f"{start.type} before session.start")
+                self.server.catalogue.check(start.engine, start.task)
                 self.server.check_task(start.task)
-                family = self.server.check_stage1(start.stage1, start.task)
+                engine = self.server.catalogue.resolve(start.engine, start.task)
+                family = self.server.check_stage1(start.stage1, start.task) if engine == METIS else "task"
                 if not self.server.acquire(self):
                     await self._event(proto.Busy(self.server.cfg.busy_retry_after_s))
                     await self.ws.close(CLOSE_TRY_LATER, "server busy")
@@ -122,8 +127,10 @@ class Connection:
                 try:
                     if start.task == "tts":
                         await tts_connection.open_tts(self, start, family)
-                    else:
+                    elif engine == METIS:
                         await self._open(start, family)
+                    else:
+                        await frame_connection.open_frames(self, start, engine)
                 except BaseException:
                     self.server.release(self)
                     raise
@@ -134,6 +141,8 @@ class Connection:
                 await self._event(proto.ErrorEvent("invalid_reference", str(exc)))
 
     async def _open(self, start: proto.SessionStart, family: str) -> None:
+        if start.options.strength is not None:
+            raise proto.ProtocolError("invalid_options", frame_connection.STRENGTH_ONLY)
         reference = await self._reference(start.voice, start.reference)
         options = {"stage1_steps": start.options.stage1_steps, "s2a_steps": start.options.s2a_steps}
         steps = self._merge_steps(self.server.stream_cfg.steps_for(start.task), options)
@@ -173,6 +182,8 @@ class Connection:
                 family,
                 self.steps.stage1,
                 list(self.steps.s2a),
+                METIS,
+                session.latency_input_samples,
             )
         )
 
@@ -257,10 +268,14 @@ class Connection:
         async with self._updating:
             if self.tts is not None:
                 await tts_connection.update(self, update)
+            elif self.engine != METIS:
+                await frame_connection.update(self, update)
             else:
                 await self._update(update)
 
     async def _update(self, update: proto.SessionUpdate) -> None:
+        if "strength" in update.options:
+            raise proto.ProtocolError("invalid_options", frame_connection.STRENGTH_ONLY)
         task, steps, settings, reference = await self._check(update)
         if self.server.sessions.get(self.session_id) is not self:  # it ended while the voice was prepared
             raise proto.ProtocolError("session_closed", f"session {self.session_id} has ended")
@@ -313,9 +328,12 @@ class Connection:
         """The session's current settings (published retained over MQTT)."""
         if self.tts is not None:
             return tts_connection.state(self)
+        if self.engine != METIS:
+            return frame_connection.state(self)
         return {
             "session_id": self.session_id,
             "task": self.task,
+            "engine": METIS,
             "stage1": self.stage1,
             "bypass": self.bypass,
             "mix": self.mix,

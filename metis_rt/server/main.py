@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metis_rt.config import STAGE1_FAMILIES, TASKS
+from metis_rt.engines import AUTO, ENGINE_CHOICES, FRAME_ENGINES, METIS
 from metis_rt.errors import ConfigError, MetisError
 
 log = logging.getLogger("metis_rt.server")
@@ -49,7 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
     p.add_argument("--model-dir", "--model", dest="model_dir", type=Path, help="model directory")
     p.add_argument(
-        "--tasks", default=",".join(TASKS), help=f"tasks to serve: some of {','.join(SERVE_TASKS)} (default: se,tse,vc)"
+        "--tasks",
+        help=f"tasks to serve: some of {','.join(SERVE_TASKS)} (default: se,tse,vc with Metis, se on the CPU engine)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default=AUTO,
+        help="auto: Metis when its weights and a CUDA device (or an explicit --device) are there, plus the CPU "
+        "denoisers for se (sessions choose); without Metis, se on DeepFilterNet3. metis: Metis only. "
+        "deepfilternet3 / rnnoise: that CPU denoiser only (se) (default: %(default)s)",
     )
     p.add_argument(
         "--stage1",
@@ -57,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage-1 models to load: task (each task's own), omni (Metis-Omni serves se/tse/vc/tts), or task,omni "
         "(both; sessions choose, default the first) (default: task)",
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help="metis: cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--max-sessions", type=int)
     p.add_argument("--token", action="append", default=[], help="accepted bearer token (repeatable)")
@@ -160,17 +170,47 @@ def mqtt_password() -> str | None:
     return os.environ.get(MQTT_PASSWORD_ENV) or None
 
 
+def plan_engines(args, tasks: list[str], metis_missing) -> tuple[bool, list[str], str | None]:
+    """(load Metis, CPU denoisers to offer, the one line to print) for ``--engine`` (rules: metis_rt.engines)."""
+    import torch
+
+    from metis_rt.denoisers import EngineUnavailable, denoiser_status
+    from metis_rt.engines import choose_engine
+
+    usable = [name for name, why in denoiser_status().items() if why is None]
+    if args.engine in FRAME_ENGINES:
+        if tasks != ["se"] and args.tasks is not None:
+            raise ConfigError(f"--engine {args.engine} only denoises: serve --tasks se (not {','.join(tasks)})")
+        choose_engine(args.engine, "se", metis_missing, device=args.device, cuda=False)  # unavailable: says why
+        return False, [args.engine], None
+    if args.engine == METIS:
+        return True, [], None
+    if args.tasks is not None and set(tasks) - {"se"}:
+        return True, usable if "se" in tasks else [], None  # tse/vc/tts asked for: Metis (missing files: named)
+    try:
+        metis_options = args.deterministic or args.stage1 != "task"  # options that only Metis has
+        cuda = torch.cuda.is_available()
+        choice = choose_engine(AUTO, "se", metis_missing, device=args.device, cuda=cuda, metis_options=metis_options)
+    except EngineUnavailable:
+        return True, [], None  # no CPU engine either: Metis, or the error naming its missing files
+    if choice.engine == METIS:
+        return True, usable, None
+    others = [t for t in tasks if t != "se"]
+    note = choice.note + (f"; {', '.join(others)} need Metis and are not served" if others else "")
+    return False, usable, note
+
+
 def build_server(args):
     import torch
 
     from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for
-    from metis_rt.models.hub import check_model_dir, default_model_dir, stage1_targets, usable_tasks
+    from metis_rt.models.hub import check_model_dir, default_model_dir, missing_files, stage1_targets, usable_tasks
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config, resolve_config_for_tasks
     from metis_rt.server.app import MetisServer, check_exposure, tls_context
     from metis_rt.streaming.config import STREAMING_CONFIG
     from metis_rt.streaming.processor import MetisWindowProcessor
 
-    tasks, families, variants = plan_models(args.tasks, args.stage1)
+    tasks, families, variants = plan_models(args.tasks or ",".join(TASKS), args.stage1)
     server_cfg = server_config(args)  # before the models load: a bad broker URL fails at once
     check_exposure(server_cfg.host, frozenset(read_tokens(args)), server_cfg.insecure)  # and an open bind
     tls_context(server_cfg)  # and unreadable TLS files
@@ -178,6 +218,25 @@ def build_server(args):
     model_dir = (args.model_dir or default_model_dir()).expanduser()
     official = load_official_for(model_dir)  # configs/metis.yaml < the model directory's metis-rt.yaml
     stream_cfg = load_stream_config_for(model_dir, args.stream_config or STREAMING_CONFIG)
+
+    def se_missing() -> list[str]:
+        cfg, _ = resolve_config(model_dir, "se", official)
+        return [f.local_path for f in missing_files(model_dir, ["se"], cfg)]
+
+    load_metis, frame_engines, note = plan_engines(args, tasks, se_missing)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    if not load_metis:
+        return MetisServer(
+            None,
+            official,
+            stream_cfg,
+            server_cfg,
+            tasks=[],
+            tokens=read_tokens(args),
+            mqtt_password=mqtt_password(),
+            frame_engines=frame_engines,
+        )
 
     def model_config(variants):
         lora_tasks = [v for v in variants if v in TASKS]  # each a LoRA over metis_base: its rank names its files
@@ -202,7 +261,7 @@ def build_server(args):
         if args.threads < 1:
             raise ConfigError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device available")
     comps = load_components(model_dir, variants, cfg, dtype=parse_dtype(args.dtype), device=device)
@@ -217,6 +276,7 @@ def build_server(args):
         tokens=read_tokens(args),
         deterministic=args.deterministic,
         mqtt_password=mqtt_password(),
+        frame_engines=frame_engines,
     )
 
 

@@ -20,7 +20,16 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from metis_rt.control.commands import Command, CommandError, SetBypass, SetMix, SetSteps, SetTask, SetVoice
+from metis_rt.control.commands import (
+    Command,
+    CommandError,
+    SetBypass,
+    SetMix,
+    SetSteps,
+    SetStrength,
+    SetTask,
+    SetVoice,
+)
 from metis_rt.control.mqtt import MqttControl
 from metis_rt.errors import AudioInputError
 from metis_rt.server import protocol as proto
@@ -41,6 +50,8 @@ def update_from_command(command: Command) -> proto.SessionUpdate:
         data = {"options": {"bypass": command.enabled}}
     elif isinstance(command, SetMix):
         data = {"options": {"mix": command.mix}}
+    elif isinstance(command, SetStrength):
+        data = {"options": {"strength": command.db}}
     elif isinstance(command, SetTask):
         data = {"task": command.task}
     elif isinstance(command, SetVoice):

@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from metis_rt.denoisers import STRENGTH_RANGE_DB
+from metis_rt.engines import ENGINE_CHOICES
+
 PROTOCOL_VERSION = 1
 STREAM_TASKS = ("se", "tse", "vc")  # audio in, audio out, hop by hop
 TASKS = (*STREAM_TASKS, "tts")  # tts: text in (tts.speak), audio out
@@ -64,6 +67,7 @@ class Options:
     mix: float = 1.0  # 1 = processed only, 0 = dry only (suppression strength for SE)
     stage1_steps: int | None = None  # decoding steps override
     s2a_steps: tuple[int, ...] | None = None
+    strength: float | None = None  # CPU denoisers: attenuation limit in dB, 0..100 (None: the engine's, unlimited)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class SessionStart:
     stage1: str | None = None  # "task" or "omni"; None = the server's default (the first family it loaded)
     reference_text: str | None = None  # tts: the words spoken in the voice / reference
     language: str | None = None  # tts: language of the texts (and of the transcript); None = DEFAULT_LANGUAGE
+    engine: str = "auto"  # auto | metis | deepfilternet3 | rnnoise (metis_rt.engines)
     type: str = "session.start"
 
 
@@ -133,6 +138,8 @@ class SessionReady:
     stage1: str = "task"  # the stage-1 family running the session
     stage1_steps: int | None = None  # the decoding steps in force (the server's defaults unless the start chose)
     s2a_steps: list[int] | None = None
+    engine: str = "metis"  # the engine running the session
+    latency_samples: int = 0  # the algorithmic latency in input samples (exact)
     protocol: int = PROTOCOL_VERSION
     type: str = "session.ready"
 
@@ -431,10 +438,11 @@ START_FIELDS = frozenset(
         "stage1",
         "reference_text",
         "language",
+        "engine",
     }
 )
 TTS_ONLY_START_FIELDS = ("reference_text", "language")
-STREAM_ONLY_OPTIONS = ("bypass", "mix")
+STREAM_ONLY_OPTIONS = ("bypass", "mix", "strength")
 
 
 def _parse_start(data: dict[str, Any]) -> SessionStart:
@@ -486,7 +494,16 @@ def _parse_start(data: dict[str, Any]) -> SessionStart:
         if given:
             raise ProtocolError("invalid_message", f"{', '.join(given)}: only for task tts, not {task!r}")
     stage1 = _stage1(data.get("stage1"))
-    return SessionStart(task, rate, fmt, out_rate, voice, reference, options, stage1, reference_text, language)
+    engine = _engine(data.get("engine", "auto"))
+    return SessionStart(task, rate, fmt, out_rate, voice, reference, options, stage1, reference_text, language, engine)
+
+
+def _engine(value) -> str:
+    if value not in ENGINE_CHOICES:
+        raise ProtocolError(
+            "invalid_engine", f"engine must be one of {', '.join(ENGINE_CHOICES)}, got {excerpt(value)}"
+        )
+    return value
 
 
 def _rate(value, name: str) -> int:
@@ -513,7 +530,7 @@ def _reference(value) -> bytes | None:
 def _parse_options(value, *, partial: bool) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError("invalid_options", "options must be a JSON object")
-    allowed = {"bypass", "mix", "stage1_steps", "s2a_steps"}
+    allowed = {"bypass", "mix", "stage1_steps", "s2a_steps", "strength"}
     unknown = set(value) - allowed
     if unknown:
         raise ProtocolError("invalid_options", f"unknown option(s) {_names(unknown)}; allowed: {sorted(allowed)}")
@@ -527,6 +544,8 @@ def _parse_options(value, *, partial: bool) -> dict[str, Any]:
         if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
             raise ProtocolError("invalid_options", f"mix must be a number in [0, 1], got {excerpt(mix)}")
         out["mix"] = float(mix)
+    if "strength" in value:
+        out["strength"] = _strength(value["strength"])
     if "stage1_steps" in value:
         out["stage1_steps"] = _steps(value["stage1_steps"], "stage1_steps")
     if "s2a_steps" in value:
@@ -535,6 +554,16 @@ def _parse_options(value, *, partial: bool) -> dict[str, Any]:
             raise ProtocolError("invalid_options", "s2a_steps must be a list of positive integers")
         out["s2a_steps"] = tuple(_steps(s, "s2a_steps") for s in steps)
     return out
+
+
+def _strength(value) -> float:
+    low, high = STRENGTH_RANGE_DB
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ProtocolError(
+            "invalid_options",
+            f"strength must be a number of dB in [{low:g}, {high:g}] (attenuation limit), got {excerpt(value)}",
+        )
+    return float(value)
 
 
 def _steps(value, name: str) -> int:

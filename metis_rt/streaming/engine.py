@@ -1,5 +1,9 @@
 """The inference engine: the single owner of the model device, running in its own thread.
 
+Any session on the engine contract (``streaming.base.EngineSession``) can run here: Metis windows
+(``StreamSession`` + ``MetisWindowProcessor``, batched) or frame-wise denoisers (``FrameSession`` +
+``FrameProcessor``, see :func:`metis_rt.streaming.frame_session.frame_engine`).
+
 Each step collects the ready hops of up to ``max_batch`` sessions (round-robin, so every session gets its turn),
 runs them as one batch through the processor and hands every session its result. Sessions wake the engine when
 they receive audio; the engine never polls. Nothing here runs on an asyncio event loop: async code pushes audio
@@ -17,10 +21,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
+from metis_rt.streaming.base import EngineSession as StreamSession
 from metis_rt.streaming.config import EngineConfig
 from metis_rt.streaming.processor import WindowProcessor
-from metis_rt.streaming.session import StreamSession
+
+if TYPE_CHECKING:
+    from metis_rt.streaming.frame_session import FrameProcessor
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +37,7 @@ CALL_MAX_WAIT_S = 1.0  # a call (reference preparation) waits for a step with no
 
 
 class Engine:
-    def __init__(self, processor: WindowProcessor, cfg: EngineConfig | None = None):
+    def __init__(self, processor: WindowProcessor | FrameProcessor, cfg: EngineConfig | None = None):
         cfg = cfg or EngineConfig()
         if cfg.max_batch < 1:
             raise ValueError("max_batch must be at least 1")

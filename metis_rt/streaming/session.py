@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import numpy as np
 from metis_rt.audio.stream_resampler import StreamResampler
 from metis_rt.config import TaskDecoding, stage1_variant
 from metis_rt.models.decoding import GumbelNoise, NoiseSource, ZeroNoise
+from metis_rt.streaming.base import SessionBase, SessionClosed, checked_samples, same_duration
 from metis_rt.streaming.buffers import AudioTimeline, TokenTimeline
 from metis_rt.streaming.config import EngineConfig
 from metis_rt.streaming.geometry import CODEC_FRAME_SAMPLES, CODEC_RATE, SSL_FRAME_SAMPLES, SSL_RATE, Geometry
@@ -38,11 +38,6 @@ from metis_rt.streaming.window import ReferenceTokens, WindowJob, WindowResult
 SPLICE_FADE_MS = 5  # crossfade where dropped input is cut out
 MAX_ARRIVALS = 4096
 PROMPT_TASKS = ("tse", "vc")
-
-
-def same_duration(samples: int, rate: int, other_rate: int) -> int:
-    """Samples at ``other_rate`` lasting as long as ``samples`` at ``rate`` (rounded half up, integer maths)."""
-    return (samples * other_rate + rate // 2) // rate
 
 
 @dataclass(frozen=True)
@@ -61,11 +56,12 @@ class SessionSpec:
         return stage1_variant(self.task, self.stage1)
 
 
-class SessionClosed(RuntimeError):
-    """Audio pushed after the input was finished."""
+__all__ = ["PROMPT_TASKS", "SessionClosed", "SessionSpec", "StreamSession", "same_duration"]
 
 
-class StreamSession:
+class StreamSession(SessionBase):
+    """A Metis windowed stream (see the module docstring); the shared behaviour is in ``SessionBase``."""
+
     def __init__(
         self,
         session_id: int,
@@ -79,47 +75,29 @@ class StreamSession:
     ):
         if (spec.task in PROMPT_TASKS) != (reference is not None):
             raise ValueError(f"task {spec.task!r}: a reference is {'required' if reference is None else 'not used'}")
-        self.id = session_id
+        super().__init__(session_id, engine_cfg, on_output, on_done)
         self.spec = spec
         self.geometry = geometry
-        self.engine_cfg = engine_cfg
         self.num_quantizers = num_quantizers
         self.reference = reference
-        self.on_output = on_output
-        self.on_done = on_done  # called (engine thread) after the last output of a finished stream
-        self.wet = 1.0  # processed share of the output (0 = bypass, dry input delayed by the latency)
-        self.lock = threading.Lock()
-        self.wakeup: Callable[[], None] | None = None  # set by the engine; called after new input (outside the lock)
-        self.generation = 0  # bumped by restart(): results of jobs taken before it are discarded
         self.reset()
 
     # --- lifecycle ------------------------------------------------------------------------------
-    def reset(self) -> None:
-        """Forget everything about the stream (the spec, reference and geometry stay)."""
-        with self.lock:
-            self._reset_state()
-
     def _reset_state(self) -> None:  # lock held
+        self._reset_common(SessionMetrics(chunk_ms=self.geometry.chunk_ms))
         self._in16 = StreamResampler(self.spec.input_rate, SSL_RATE)
         self._in24 = StreamResampler(self.spec.input_rate, CODEC_RATE)
         self._out = StreamResampler(CODEC_RATE, self.spec.output_rate)
         self.audio16, self.dry24 = AudioTimeline(), AudioTimeline()
         self.semantic, self.acoustic = TokenTimeline(), TokenTimeline(self.num_quantizers)
-        self.hop, self.tail, self.in_flight = 0, None, False
-        self.received_in, self.dropped16, self.dropped24 = 0, 0, 0
-        self.emitted24, self.delivered_out = 0, 0
-        self.ending, self.done, self.last_hop = False, False, -1
-        self.error: BaseException | None = None
-        self.target24, self.target_out = 0, 0
-        self.output: deque[np.ndarray] = deque()
-        self.output_samples = 0
+        self.hop, self.tail = 0, None
+        self.dropped16, self.dropped24 = 0, 0
+        self.emitted24, self.last_hop, self.target24 = 0, -1, 0
         # (input clock at 16 kHz after a push, wall time); bounded in case the engine stalls
         self.arrivals: deque[tuple[int, float]] = deque(maxlen=MAX_ARRIVALS)
         self.drops: list[tuple[int, int]] = []  # cuts ahead of the last emitted chunk: (16 kHz position, size)
         self.drops_before = 0  # samples cut before the last emitted chunk
         self.noise: NoiseSource = ZeroNoise() if self.spec.deterministic else GumbelNoise(self.spec.seed)
-        self.metrics = SessionMetrics(chunk_ms=self.geometry.chunk_ms)
-        self._wet_now = self.wet  # wet gain at the end of the last emitted chunk
 
     @property
     def latency_input_samples(self) -> int:
@@ -133,16 +111,6 @@ class StreamSession:
         """Algorithmic latency of this stream: the geometry's (chunk + lookahead + framing) plus the input
         resampler's fixed lookahead when the client rate is not 16 kHz."""
         return self.latency_input_samples * 1000 / self.spec.input_rate
-
-    def latency_samples(self, rate: int) -> int:
-        return round(self.latency_ms * rate / 1000)
-
-    def set_mix(self, mix: float, bypass: bool = False) -> None:
-        """Output = wet * processed + (1 - wet) * dry, wet = 0 in bypass; changes ramp over the next chunk."""
-        if not 0.0 <= mix <= 1.0:
-            raise ValueError(f"mix must lie in [0, 1], got {mix}")
-        with self.lock:
-            self.wet = 0.0 if bypass else float(mix)
 
     def update_settings(self, settings: TaskDecoding) -> None:
         with self.lock:
@@ -164,11 +132,7 @@ class StreamSession:
     # --- input ----------------------------------------------------------------------------------
     def push(self, samples: np.ndarray, now: float | None = None) -> None:
         """Append mono float samples at the input rate."""
-        x = np.asarray(samples, dtype=np.float32)
-        if x.ndim != 1:
-            raise ValueError(f"expected mono samples [N], got shape {list(x.shape)}")
-        if not np.isfinite(x).all():
-            raise ValueError("samples contain NaN or Inf")
+        x = checked_samples(samples)
         with self.lock:
             if self.ending:
                 raise SessionClosed(f"session {self.id}: input already finished")
@@ -197,22 +161,14 @@ class StreamSession:
             frames = math.ceil(self.target24 / CODEC_FRAME_SAMPLES)
             self.last_hop = math.ceil(frames / self.geometry.chunk) - 1
             if self.hop > self.last_hop and not self.in_flight:
-                self._finalise()
+                self._finalise(self._out.flush())
                 return
             _, _, end = self.geometry.window(self.last_hop)
             self.audio16.pad_to(self.geometry.ssl_samples_needed(self.last_hop))
             self.dry24.pad_to(end * CODEC_FRAME_SAMPLES)
         self._wake()
 
-    def _wake(self) -> None:
-        if self.wakeup is not None:
-            self.wakeup()
-
     # --- hops -----------------------------------------------------------------------------------
-    def ready(self) -> bool:
-        with self.lock:
-            return self._ready()
-
     def _ready(self) -> bool:
         if self.in_flight or self.done or self.error is not None:
             return False
@@ -281,61 +237,7 @@ class StreamSession:
             self.metrics.record_hop(compute_s, self._latency_of(job.hop, emit_time), self._backlog_ms())
             self._deliver(self._out.push(out24))
             if self.ending and self.hop > self.last_hop:
-                self._finalise()
-
-    def fail(self, job: WindowJob, exc: BaseException) -> None:
-        """The engine could not run ``job``: the session stops producing (``error`` says why)."""
-        with self.lock:
-            if job.generation != self.generation:
-                return
-            self.in_flight = False
-            self.error = exc
-
-    def _mix(self, wet: np.ndarray, dry: np.ndarray) -> np.ndarray:
-        """Blend processed and dry audio of one chunk; the wet gain ramps linearly from its last value."""
-        start, end = self._wet_now, self.wet
-        self._wet_now = end
-        if start == end == 1.0:
-            return wet
-        gain = np.linspace(start, end, len(wet), endpoint=False) if start != end else np.full(len(wet), end)
-        return gain * wet + (1.0 - gain) * dry
-
-    # --- output ---------------------------------------------------------------------------------
-    def read_output(self) -> np.ndarray:
-        """All output produced so far and not yet read (float32 at the output rate)."""
-        with self.lock:
-            out = np.concatenate(list(self.output)) if self.output else np.zeros(0, dtype=np.float32)
-            self.output.clear()
-            self.output_samples = 0
-            return out
-
-    def _deliver(self, out: np.ndarray) -> None:
-        if not len(out):
-            return
-        self.delivered_out += len(out)
-        if self.on_output is not None:
-            self.on_output(out)
-            return
-        self.output.append(out)
-        self.output_samples += len(out)
-        limit = self.engine_cfg.max_output_ms * self.spec.output_rate // 1000
-        while self.output_samples > limit and len(self.output) > 1:
-            old = self.output.popleft()
-            self.output_samples -= len(old)
-            self.metrics.dropped_output_ms += len(old) * 1000 / self.spec.output_rate
-
-    def _finalise(self) -> None:
-        """Release the output resampler's tail and make the total exactly the input's duration."""
-        tail = self._out.flush()
-        missing = self.target_out - self.delivered_out - len(tail)
-        if missing > 0:
-            tail = np.concatenate([tail, np.zeros(missing, dtype=np.float32)])
-        elif missing < 0:
-            tail = tail[: max(0, len(tail) + missing)]
-        self._deliver(tail)
-        self.done = True
-        if self.on_done is not None:
-            self.on_done()
+                self._finalise(self._out.flush())
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def _trim_history(self) -> None:

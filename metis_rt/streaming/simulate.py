@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from metis_rt.streaming.base import Stream as StreamSession
 from metis_rt.streaming.engine import Engine
-from metis_rt.streaming.session import StreamSession
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def simulate(
         hops=m.hops,
         hop_compute_ms_p50=p(compute_ms, 50),
         hop_compute_ms_p99=p(compute_ms, 99),
-        real_time_factor=p(compute_ms, 50) / session.geometry.chunk_ms,
+        real_time_factor=p(compute_ms, 50) / m.chunk_ms,
         latency_ms_p50=p(latency_ms, 50),
         latency_ms_p99=p(latency_ms, 99),
         dropped_ms=m.dropped_ms,

@@ -12,6 +12,9 @@ const RECORD_LIMIT_S = 60; // window.metisTest.recorded keeps at most this much 
 const MAX_SERVER_RATE = 48000; // protocol.MAX_RATE
 const MAX_REFERENCE_BYTES = 6 * 1024 * 1024; // base64 of it stays under the server's 8 MiB message limit
 const STOP_TIMEOUT_MS = 5000; // after session.end, close the socket ourselves if the server has not
+const CPU_ENGINES = ["deepfilternet3", "rnnoise"]; // engines with a strength (attenuation limit) control
+const ENGINE_NAMES = { metis: "Metis (GPU)", deepfilternet3: "DeepFilterNet3 (CPU)", rnnoise: "RNNoise (CPU)" };
+let serverEngines = {}; // task -> engines the server offers (/healthz)
 const UPDATE_INTERVAL_MS = 100; // at most this often a session.update while the mix slider moves
 const RENDER_INTERVAL_MS = 250;
 const WARNING_SHOW_MS = 5000; // a server warning stays this long after the last one
@@ -40,6 +43,10 @@ window.metisTest = test;
 const $ = (id) => document.getElementById(id);
 const ui = {
   task: $("task"),
+  engine: $("engine"),
+  strength: $("strength"),
+  strengthRow: $("strength-row"),
+  strengthValue: $("strength-value"),
   voiceRow: $("voice-row"),
   voice: $("voice"),
   reference: $("reference"),
@@ -55,6 +62,7 @@ const ui = {
   warning: $("warning"),
   inLevel: $("in-level"),
   outLevel: $("out-level"),
+  engineShown: $("st-engine"),
   stats: {
     algorithmic: $("st-algorithmic"),
     latency: $("st-latency"),
@@ -139,6 +147,7 @@ function setState(state) {
   ui.start.disabled = active;
   ui.stop.disabled = !(state === "starting" || state === "running");
   ui.task.disabled = active;
+  ui.engine.disabled = active;
   ui.token.disabled = active;
   ui.reference.disabled = active || ui.voice.value !== UPLOAD;
   render();
@@ -214,6 +223,8 @@ async function loadServerInfo() {
     const health = await response.json();
     for (const option of ui.task.options) option.disabled = !health.tasks.includes(option.value);
     if (ui.task.selectedOptions[0]?.disabled) ui.task.value = health.tasks[0];
+    serverEngines = health.engines || {};
+    updateEngines();
     const upload = ui.voice.querySelector(`option[value="${UPLOAD}"]`);
     for (const name of health.voices) ui.voice.insertBefore(new Option(name, name), upload);
     if (health.voices.length) ui.voice.value = health.voices[0];
@@ -223,6 +234,26 @@ async function loadServerInfo() {
     showError("server_unreachable", `Cannot reach the server's /healthz: ${err.message}`);
     return null;
   }
+}
+
+function updateEngines() {
+  const offered = serverEngines[ui.task.value] || [];
+  const keep = ui.engine.value;
+  ui.engine.replaceChildren(new Option("Automatic", "auto"), ...offered.map((name) => new Option(ENGINE_NAMES[name] || name, name)));
+  ui.engine.value = offered.includes(keep) ? keep : "auto";
+  updateStrengthRow();
+}
+
+function updateStrengthRow() {
+  const running = test.ready?.engine;
+  const chosen = running || (ui.engine.value === "auto" ? (serverEngines[ui.task.value] || [])[0] : ui.engine.value);
+  ui.strengthRow.hidden = !CPU_ENGINES.includes(chosen);
+  ui.strengthValue.textContent = Number(ui.strength.value) >= 100 ? "unlimited" : `${ui.strength.value} dB`;
+}
+
+function strengthOption() {
+  updateStrengthRow();
+  return ui.strengthRow.hidden ? {} : { strength: Number(ui.strength.value) };
 }
 
 function updateVoiceRow() {
@@ -324,7 +355,8 @@ function openSocket(s, task, voice) {
         channels: 1,
         output_sample_rate: rate,
         ...voice,
-        options: { bypass: ui.bypass.checked, mix: Number(ui.mix.value) },
+        engine: ui.engine.value,
+        options: { bypass: ui.bypass.checked, mix: Number(ui.mix.value), ...strengthOption() },
       }),
     );
   };
@@ -359,6 +391,8 @@ function onEvent(s, message) {
   switch (message.type) {
     case "session.ready":
       test.ready = message;
+      ui.engineShown.textContent = message.engine || "metis";
+      ui.strengthRow.hidden = !CPU_ENGINES.includes(message.engine);
       setState("running");
       break;
     case "stats":
@@ -458,7 +492,13 @@ function mixOptions() {
 
 ui.start.addEventListener("click", start);
 ui.stop.addEventListener("click", stop);
-ui.task.addEventListener("change", updateVoiceRow);
+ui.task.addEventListener("change", () => {
+  updateVoiceRow();
+  updateEngines();
+});
+ui.engine.addEventListener("change", updateStrengthRow);
+ui.strength.addEventListener("input", () => sendUpdate({ options: strengthOption() }));
+ui.strength.addEventListener("change", () => sendUpdate({ options: strengthOption() }, true));
 ui.voice.addEventListener("change", () => {
   updateVoiceRow();
   if (ui.voice.value !== UPLOAD && TASK_NEEDS_VOICE[ui.task.value]) sendUpdate({ voice: ui.voice.value }, true);
@@ -470,6 +510,7 @@ ui.mix.addEventListener("change", () => sendUpdate(mixOptions(), true));
 const params = new URLSearchParams(location.search);
 if (params.has("token")) ui.token.value = params.get("token");
 if (params.has("task")) ui.task.value = params.get("task");
+if (params.has("strength")) ui.strength.value = params.get("strength");
 mixOptions();
 setState("idle");
 loadServerInfo().then((tasks) => {
@@ -479,6 +520,10 @@ loadServerInfo().then((tasks) => {
     return;
   }
   if (params.has("voice")) ui.voice.value = params.get("voice");
+  if (params.has("engine")) {
+    ui.engine.value = params.get("engine");
+    updateStrengthRow();
+  }
   updateVoiceRow();
   if (params.get("autostart") === "1") start();
 });
