@@ -88,6 +88,7 @@ def test_readme_command_without_weights_denoises_with_deepfilternet3(tmp_path):
 
 def test_tse_without_weights_names_the_missing_files(tmp_path):
     out = tmp_path / "x.wav"
+    (tmp_path / "no-weights").mkdir()  # an existing but empty directory: every missing file is named
     proc = _cli("process", "--task", "tse", NOISY, "--reference", NOISY, "-o", out, model_dir=tmp_path / "no-weights")
     assert proc.returncode == 2
     assert "metis_tse" in proc.stderr and "metis-rt download --tasks tse" in proc.stderr

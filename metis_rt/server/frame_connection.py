@@ -38,7 +38,7 @@ async def open_frames(conn: Connection, start: proto.SessionStart, engine: str) 
     strength = DEFAULT_STRENGTH_DB if start.options.strength is None else start.options.strength
     sid = conn.server.new_session_id()
     session = FrameSession(
-        int(sid),
+        conn.server.new_engine_id(),
         FrameSpec(start.task, start.sample_rate, start.output_sample_rate, engine),
         denoiser,
         conn.server.stream_cfg.engine,
@@ -60,8 +60,8 @@ async def open_frames(conn: Connection, start: proto.SessionStart, engine: str) 
             round(session.latency_ms, 2),
             round(session.frame * 1000 / session.rate),
             "task",
-            engine,
-            session.latency_samples(start.sample_rate),
+            engine=engine,
+            latency_samples=session.latency_samples(start.sample_rate),
         )
     )
 

@@ -204,7 +204,14 @@ def build_server(args):
     import torch
 
     from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for
-    from metis_rt.models.hub import check_model_dir, default_model_dir, missing_files, stage1_targets, usable_tasks
+    from metis_rt.models.hub import (
+        check_model_dir,
+        check_model_dir_exists,
+        default_model_dir,
+        missing_files,
+        stage1_targets,
+        usable_tasks,
+    )
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config, resolve_config_for_tasks
     from metis_rt.server.app import MetisServer, check_exposure, tls_context
     from metis_rt.streaming.config import STREAMING_CONFIG
@@ -216,6 +223,8 @@ def build_server(args):
     tls_context(server_cfg)  # and unreadable TLS files
     check_port_free(server_cfg.host, server_cfg.port)  # and a port in use
     model_dir = (args.model_dir or default_model_dir()).expanduser()
+    if args.model_dir is not None:  # asked for by name: a typo is an error, not a quiet fall back to a CPU engine
+        check_model_dir_exists(model_dir, tasks)
     official = load_official_for(model_dir)  # configs/metis.yaml < the model directory's metis-rt.yaml
     stream_cfg = load_stream_config_for(model_dir, args.stream_config or STREAMING_CONFIG)
 
