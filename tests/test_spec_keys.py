@@ -1,6 +1,6 @@
 """Official-size modules built on ``meta`` hold exactly the tensor names and shapes of the released files.
 
-The dumps under ``shared/spec/keys`` list every tensor of each official checkpoint (see their README). Building
+The dumps under ``tests/data/spec/keys`` list every tensor of each official checkpoint (see their README). Building
 on ``meta`` allocates nothing, so these checks cost milliseconds even for the 700 M-parameter models.
 """
 
