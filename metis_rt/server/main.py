@@ -217,6 +217,8 @@ def build_server(args):
     from metis_rt.streaming.config import STREAMING_CONFIG
     from metis_rt.streaming.processor import MetisWindowProcessor
 
+    if args.threads is not None and args.threads < 1:  # checked first, whichever engine serves
+        raise ConfigError("--threads must be at least 1")
     tasks, families, variants = plan_models(args.tasks or ",".join(TASKS), args.stage1)
     server_cfg = server_config(args)  # before the models load: a bad broker URL fails at once
     check_exposure(server_cfg.host, frozenset(read_tokens(args)), server_cfg.insecure)  # and an open bind
@@ -267,8 +269,6 @@ def build_server(args):
         tokenizer = PhoneTokenizer.load(model_dir)
         tokenizer.g2p("Hello.", "en")  # espeak-ng missing: say so now, not at the first request
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
