@@ -53,13 +53,14 @@ def quick_report(combined_model_dir, tmp_path_factory):
 def test_quick_eval_writes_the_report_tables_csv_and_plots(quick_report):
     report = (quick_report / "report.md").read_text()
     assert "architecture is not the official Metis" in report  # random weights are called out in the header
-    systems = ["unprocessed", "rnnoise", "spectral_gating", "metis-offline"]
+    systems = ["unprocessed", "rnnoise", "spectral_gating", "deepfilternet3", "deepfilternet3-stream", "metis-offline"]
     systems += ["metis-stream-160-80", "metis-stream-240-160", "metis-stream-480-240"]
     for heading in ("## SE", "## TSE", "## VC", "DNSMOS OVRL", "PESQ", "SI-SDR", *systems):
         assert heading in report, heading
     with (quick_report / "clips.csv").open() as f:
         rows = list(csv.DictReader(f))
-    per_task = {"se": 7, "tse": 7, "vc": 5}  # systems that apply (the denoisers skip VC)
+    # systems that apply: the denoisers skip VC, the streamed DeepFilterNet3 runs SE only
+    per_task = {"se": 9, "tse": 8, "vc": 5}
     assert len(rows) == sum(QUICK_PER_TASK[t] * n for t, n in per_task.items())
     unprocessed_se = [r for r in rows if r["system"] == "unprocessed" and r["task"] == "se"]
     assert all(-10 < float(r["si_sdr"]) < 30 for r in unprocessed_se)  # input vs clean: the set's SNR range
