@@ -164,22 +164,30 @@ async def _wait_until(proc: subprocess.Popen, timeout: float) -> None:
 def _frame_gains(recorded: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares gain of the recording against ``x`` per 20 ms frame, the relative residual, and which frames
     carry enough signal to say anything. Alignment is found per half second around the global lag (within
-    ``MAX_DRIFT_S``), so an output underrun on a loaded machine (which delays the rest by the prefill) costs a few
-    frames instead of the whole analysis."""
+    ``MAX_DRIFT_S``); each frame then takes whichever of its own, the previous and the next half second's
+    alignment fits it best. So a change of output delay on a loaded machine (an underrun re-prefills, the jitter
+    buffer trims a standing delay) costs nothing at any point of a half second, while a gap or lost audio still
+    leaves frames that no alignment explains."""
     assert len(recorded) > len(x), f"recording too short: {len(recorded)} < {len(x)} samples"
     n = 1 << int(np.ceil(np.log2(len(recorded) + len(x))))
     corr = np.fft.irfft(np.fft.rfft(recorded, n) * np.conj(np.fft.rfft(x, n)), n)
     lag0 = int(np.argmax(corr[: len(recorded) - len(x) + 1]))
     k = len(x) // FRAME
-    out = np.zeros(k * FRAME, dtype=np.float32)
     segment, drift = RATE // 2, int(MAX_DRIFT_S * RATE)
+    lags = []
     for start in range(0, k * FRAME, segment):
         piece = x[start : min(start + segment, k * FRAME)]
         first, last = max(0, lag0 - drift), min(len(recorded) - start - len(piece), lag0 + drift)
         window = recorded[start + first : start + last + len(piece)]
-        lag = first + int(np.argmax(np.correlate(window, piece, mode="valid")))
-        out[start : start + len(piece)] = recorded[start + lag : start + lag + len(piece)]
-    xs, os_ = x[: k * FRAME].reshape(k, FRAME), out.reshape(k, FRAME)
+        lags.append(first + int(np.argmax(np.correlate(window, piece, mode="valid"))))
+    xs = x[: k * FRAME].reshape(k, FRAME)
+    os_ = np.zeros_like(xs)
+    for f in range(k):
+        i, a = f * FRAME // segment, f * FRAME
+        candidates = [recorded[a + lag : a + lag + FRAME] for lag in dict.fromkeys(lags[max(0, i - 1) : i + 2])]
+        candidates = [c for c in candidates if len(c) == FRAME]  # a neighbour's alignment may run past the end
+        fit = [abs(np.dot(c, xs[f])) / max(float(np.linalg.norm(c)), 1e-9) for c in candidates]  # cosine, up to |x|
+        os_[f] = candidates[int(np.argmax(fit))]
     energy = (xs**2).sum(axis=1)
     gains = (xs * os_).sum(axis=1) / np.maximum(energy, 1e-12)
     residual = np.sqrt(((os_ - gains[:, None] * xs) ** 2).sum(axis=1) / np.maximum(energy * gains**2, 1e-12))

@@ -125,10 +125,10 @@ class MetisModels:
         self.official = load_official_for(self.model_dir)
         self.stream_cfg = load_stream_config_for(self.model_dir)
         cfg, _ = resolve_config_for_tasks(self.model_dir, list(tasks), self.official)
+        check_codebooks(self.model_dir, cfg, tuple(tasks), self.official, self.stream_cfg)  # before missing weights
         # a directory holding only some tasks evaluates those (a warning names the rest and how to fetch them)
         self.tasks = tuple(usable_tasks(self.model_dir, list(tasks), cfg))
         self.cfg, _ = resolve_config_for_tasks(self.model_dir, list(self.tasks), self.official)
-        check_codebooks(self.model_dir, self.cfg, self.tasks, self.official, self.stream_cfg)
         check_model_dir(self.model_dir, list(self.tasks), self.cfg)
         self.comps = load_components(self.model_dir, list(self.tasks), self.cfg, device=self.device)
 

@@ -256,11 +256,11 @@ def build_server(args):
         return resolve_config(model_dir, variants[0], official)[0]
 
     cfg = model_config(variants)
+    check_codebooks(model_dir, cfg, tasks, official, stream_cfg)  # a broken config is named before missing weights
     present = usable_tasks(model_dir, tasks, cfg, lambda task: [v for f in families for v in stage1_targets([task], f)])
     if present != tasks:  # serve what the directory holds (the warning names the rest and how to fetch it)
         tasks, families, variants = plan_models(",".join(present), args.stage1)
         cfg = model_config(variants)
-    check_codebooks(model_dir, cfg, tasks, official, stream_cfg)
     check_model_dir(model_dir, variants, cfg)  # exactly the files of these stage-1 models, before any loading
     tokenizer = None
     if "tts" in tasks:
