@@ -21,7 +21,7 @@ import signal
 import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,6 +64,7 @@ class Counters:
     refused_capacity: int = 0  # session.start refused: the engine is at its measured capacity
     refused_unstarted: int = 0  # connections closed at once: too many open without a session
     handshake_timeouts: int = 0  # connections closed: no valid session.start in time
+    upgrades_refused: dict[str, int] = field(default_factory=dict)  # 503 to a /v1/stream upgrade, by reason
 
 
 class MetisServer:
@@ -149,6 +150,32 @@ class MetisServer:
             return self.cfg.max_sessions
         cost = admission.step_cost(list(self.engine.step_ms), list(self.engine.batch_sizes))
         return admission.capacity(cost, self.geometry.chunk_ms, self.stream_cfg.engine.max_batch, self.cfg.max_sessions)
+
+    def readiness(self) -> tuple[str | None, dict]:
+        """Why this worker takes no new stream now (None: it takes one), with the numbers behind it.
+
+        ``starting``: not listening yet or models warming up; ``draining``: shutting down or handing its streams
+        on; ``full``: sessions plus connections about to start one reach the capacity. (Connections beyond
+        ``max_unstarted`` are a flood, not load: they are still upgraded and closed 1013, as before.)"""
+        capacity = self.capacity()
+        pending = len(self.connections) + self.unstarted
+        details = {"sessions": len(self.connections), "unstarted": self.unstarted, "capacity_sessions": capacity}
+        if (self._stop is not None and self._stop.is_set()) or getattr(self, "draining", False):
+            return "draining", details
+        if not self.ready:
+            return "starting", details
+        if pending >= capacity:
+            return "full", details
+        return None, details
+
+    def upgrade_refused(self, reason: str) -> None:
+        refused = self.counters.upgrades_refused
+        refused[reason] = refused.get(reason, 0) + 1
+
+    def probes(self) -> http.Probes:
+        return http.Probes(
+            self.health, self.metrics_text, self.readiness, self.upgrade_refused, self.cfg.busy_retry_after_s
+        )
 
     def acquire(self, conn: Connection) -> bool:
         capacity = self.capacity()
@@ -244,6 +271,10 @@ class MetisServer:
             f"metis_connections_refused_unstarted_total {counters.refused_unstarted}",
             "# TYPE metis_handshake_timeouts_total counter",
             f"metis_handshake_timeouts_total {counters.handshake_timeouts}",
+            "# TYPE metis_upgrades_refused_total counter",
+            *(f'metis_upgrades_refused_total{{reason="{r}"}} {n}' for r, n in counters.upgrades_refused.items()),
+            "# TYPE metis_ready gauge",
+            f"metis_ready {int(self.readiness()[0] is None)}",
             "# TYPE metis_sessions_active gauge",
             f"metis_sessions_active {len(self.connections)}",
             "# TYPE metis_sessions_max gauge",
@@ -275,6 +306,7 @@ class MetisServer:
         check_exposure(bind, self.tokens, self.cfg.insecure)
         policy = edge_policy(self.cfg, bind, self.tokens)
         tls = tls_context(self.cfg)
+        probes = self.probes()
         self.catalogue.start()
         try:
             await asyncio.to_thread(self.warm_up)
@@ -283,7 +315,7 @@ class MetisServer:
                     self._handle,
                     bind,
                     self.cfg.port if port is None else port,
-                    process_request=lambda _conn, req: http.route(req, policy, self.health, self.metrics_text),
+                    process_request=lambda _conn, req: http.route(req, policy, probes),
                     max_size=self.cfg.max_message_bytes,
                     max_queue=WS_MAX_QUEUE,
                     ssl=tls,
