@@ -1,12 +1,14 @@
 """Two real workers behind a real HAProxy on loopback (issue 19, item 5), running the shipped deploy/haproxy.cfg.
 
 The workers are ``metis-rt serve`` subprocesses on the tiny se models (CPU, one thread, deterministic, fixed
-admission of ``MAX_SESSIONS``), started once for the module; each test starts its own HAProxy (milliseconds), with
-the workers' addresses in the environment variables the shipped config reads.
+admission of ``MAX_SESSIONS``, one shared resume key), started once for the module (a test that kills or drains
+one starts a fresh one after it); each test starts its own HAProxy (milliseconds), with the workers' addresses in
+the environment variables the shipped config reads. Moves between workers use ``tests/resuming_client.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -24,11 +26,14 @@ from websockets.sync.client import connect
 
 from .conftest import PARITY_DIR, REPO_DIR
 from .realparts import Haproxy, free_port, stop_process
+from .resuming_client import ResumingStream
 from .test_server import start_msg
 
 HAPROXY_CFG = REPO_DIR / "deploy" / "haproxy.cfg"
 RATE = 16000
-MAX_SESSIONS = 3
+MAX_SESSIONS = 4
+MAX_GAP_S = 1.0  # issue 19: a moved stream's output resumes within a second
+STREAM_S = 4.0
 START_S = 120.0  # bound of a worker's start (tiny models; a loaded 2-core machine)
 WAIT_S = 15.0  # bound of every other wait
 
@@ -36,8 +41,8 @@ WAIT_S = 15.0  # bound of every other wait
 class Worker:
     """``metis-rt serve`` as a subprocess on 127.0.0.1 (tiny se models, CPU)."""
 
-    def __init__(self, tmp_path: Path, name: str):
-        self.name, self.port = name, free_port()
+    def __init__(self, tmp_path: Path, name: str, port: int | None = None):
+        self.name, self.port, self.folder = name, port or free_port(), tmp_path
         config = tmp_path / f"{name}.yaml"
         config.write_text(f"admission: fixed\nmax_sessions: {MAX_SESSIONS}\n")
         self.log_path = tmp_path / f"{name}.log"
@@ -45,7 +50,8 @@ class Worker:
             self.proc = subprocess.Popen(
                 [sys.executable, "run_server.py", "--model-dir", str(PARITY_DIR / "se"), "--tasks", "se"]
                 + ["--engine", "metis", "--device", "cpu", "--threads", "1", "--deterministic"]
-                + ["--port", str(self.port), "--config", str(config)],
+                + ["--port", str(self.port), "--config", str(config)]
+                + ["--resume-key-file", str(resume_key(tmp_path))],
                 cwd=REPO_DIR,
                 env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
                 stdout=log,
@@ -86,6 +92,30 @@ class Worker:
 
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGINT)
+
+
+def resume_key(folder: Path) -> Path:
+    """The key file every worker of ``folder`` shares (a stream's token is valid on each of them)."""
+    path = folder / "resume.key"
+    if not path.exists():
+        path.write_text(os.urandom(32).hex() + "\n")
+    return path
+
+
+def session_ids(worker: Worker) -> set[str]:
+    """The sessions open on ``worker`` (its /metrics labels them)."""
+    with urllib.request.urlopen(f"http://{worker.address}/metrics", timeout=5) as reply:
+        lines = reply.read().decode().splitlines()
+    return {line.split('session="', 1)[1].split('"', 1)[0] for line in lines if 'session="' in line}
+
+
+def replace_worker(workers: list[Worker], index: int) -> None:
+    """A fresh worker in place of one that was killed or drained (the module's other tests need two)."""
+    old = workers[index]
+    stop_process(old.proc, signal.SIGKILL)
+    fresh = Worker(old.folder, old.name + "+")
+    workers[index] = fresh
+    fresh.wait_ready()
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +167,7 @@ def test_streams_spread_over_both_workers(workers, tmp_path):
             for _ in range(4):
                 open_stream(f"ws://127.0.0.1:{proxy.port}/v1/stream", stack)
             assert [w.sessions() for w in workers] == [2, 2]  # leastconn: the one with fewer streams takes the next
+            assert MAX_SESSIONS > 2  # so fullness did not force the spread
         wait_until(lambda: [w.sessions() for w in workers] == [0, 0], "sessions ended")
     finally:
         proxy.stop()
@@ -177,3 +208,82 @@ def test_a_full_workers_new_stream_lands_on_the_other_through_the_retry(workers,
         wait_until(lambda: [w.sessions() for w in workers] == [0, 0], "sessions ended")
     finally:
         proxy.stop()
+
+
+def noise(seconds: float, seed: int) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * RATE))).astype(np.float32)
+
+
+async def streams_with_a_move(url: str, signals: list[np.ndarray], worker: Worker, sig: int):
+    """Stream every signal through ``url``; once each has a checkpoint and output, send ``sig`` to ``worker``.
+    Returns the streams and the indices of those that were on ``worker``."""
+    streams = [ResumingStream(url, x) for x in signals]
+    async with asyncio.timeout(STREAM_S + 4 * WAIT_S):
+        tasks = [asyncio.create_task(s.run(), name=f"stream{i}") for i, s in enumerate(streams)]
+        while not all(s.checkpoint is not None and s.outputs_on_connection for s in streams):
+            assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
+            await asyncio.sleep(0.05)
+        on_worker = await asyncio.to_thread(session_ids, worker)
+        victims = [i for i, s in enumerate(streams) if s.session_ids[-1] in on_worker]
+        worker.proc.send_signal(sig)
+        await asyncio.gather(*tasks)
+    return streams, victims
+
+
+def test_a_killed_workers_streams_resume_on_the_other_within_a_second(workers, tmp_path):
+    proxy = balancer(tmp_path, workers)
+    signals = [noise(STREAM_S, seed) for seed in range(4)]
+    try:
+        wait_until(lambda: server_state(proxy, "gpu0") == server_state(proxy, "gpu1") == "UP", "both checked UP")
+        url = f"ws://127.0.0.1:{proxy.port}/v1/stream"
+        streams, victims = asyncio.run(streams_with_a_move(url, signals, workers[0], signal.SIGKILL))
+        assert len(victims) == 2, victims  # leastconn put two of the four on the killed worker
+        for i, (stream, x) in enumerate(zip(streams, signals, strict=True)):
+            moved = i in victims
+            assert len(stream.gaps_s) == int(moved) and len(stream.session_ids) == 1 + int(moved), i
+            if moved:
+                assert stream.close_codes == [1006] and stream.gaps_s[0] < MAX_GAP_S, (
+                    stream.close_codes,
+                    stream.gaps_s,
+                )
+            # exact sample accounting: every input sample has its output sample, none lost or doubled by the move
+            assert stream.dropped_ms == 0 and len(stream.result()) == len(x), (
+                i,
+                stream.dropped_ms,
+                len(stream.result()),
+            )
+        print("resume gaps (s):", [round(g, 3) for s in streams for g in s.gaps_s])
+    finally:
+        proxy.stop()
+        replace_worker(workers, 0)
+
+
+def uninterrupted(worker: Worker, signals: list[np.ndarray]) -> list[np.ndarray]:
+    """The outputs of ``signals`` streamed at once straight to ``worker``, without any move."""
+
+    async def run():
+        streams = [ResumingStream(f"ws://{worker.address}/v1/stream", x, max_moves=0) for x in signals]
+        async with asyncio.timeout(STREAM_S + 2 * WAIT_S):
+            await asyncio.gather(*(s.run() for s in streams))
+        return [s.result() for s in streams]
+
+    return asyncio.run(run())
+
+
+def test_a_drained_workers_streams_move_and_equal_an_uninterrupted_run(workers, tmp_path):
+    signals = [noise(STREAM_S, 10 + seed) for seed in range(4)]
+    reference = uninterrupted(workers[1], signals)
+    proxy = balancer(tmp_path, workers)
+    try:
+        wait_until(lambda: server_state(proxy, "gpu0") == server_state(proxy, "gpu1") == "UP", "both checked UP")
+        url = f"ws://127.0.0.1:{proxy.port}/v1/stream"
+        streams, victims = asyncio.run(streams_with_a_move(url, signals, workers[0], signal.SIGTERM))
+        assert len(victims) == 2, victims
+        assert workers[0].proc.wait(WAIT_S) == 0  # drained, then exited cleanly
+        for i, (stream, expected) in enumerate(zip(streams, reference, strict=True)):
+            assert stream.close_codes == ([1012] if i in victims else []), (i, stream.close_codes)
+            assert stream.dropped_ms == 0 and len(stream.result()) == len(expected)
+            np.testing.assert_array_equal(stream.result(), expected)  # deterministic: the move leaves no trace
+    finally:
+        proxy.stop()
+        replace_worker(workers, 0)
