@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from metis_rt.clients.file import FileStreamOptions, stream_file
@@ -123,9 +124,9 @@ def _drain_and_resume(drained, b, x, sr, uninterrupted):
     assert len(received) >= final["output_samples"]
     assert final["input_samples_acked"] == half  # everything sent before the drain is in the final state
 
-    with connect(drained.url) as ws:  # a draining worker admits no one
-        ws.send(start_msg("se", sr))
-        assert json.loads(ws.recv(timeout=60))["type"] == "busy"
+    with pytest.raises(InvalidStatus) as refused:  # a draining worker admits no one: 503 before the upgrade
+        connect(drained.url)
+    assert refused.value.response.status_code == 503 and "Retry-After" in refused.value.response.headers
 
     with connect(b.url, max_size=2**24) as ws:
         ws.send(json.dumps({"type": "session.resume", "protocol": 1, "token": final["token"]}))
