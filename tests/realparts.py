@@ -1,4 +1,4 @@
-"""Real external parts for tests: a private PulseAudio daemon and a mosquitto broker on loopback.
+"""Real external parts for tests: a private PulseAudio daemon, a mosquitto broker and HAProxy on loopback.
 
 Both are plain processes started by fixtures (no system services, no /dev/snd needed). Each test module picks
 the null sinks and the ALSA names it needs; ``PulseDaemon.env`` is the environment that reaches the daemon
@@ -8,18 +8,22 @@ the null sinks and the ALSA names it needs; ``PulseDaemon.env`` is the environme
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 BROKER_STEP_S = 5.0  # bound of every wait on the broker process
 PULSE_START_S = 15.0
 STOP_TIMEOUT_S = 20.0
@@ -150,6 +154,45 @@ class Broker:
         if self.proc is not None:
             stop_process(self.proc, timeout_s=BROKER_STEP_S)
         self.proc = None
+
+
+# ----------------------------------------------------------------------------- HAProxy
+class Haproxy:
+    """HAProxy in the foreground (``-db``) running ``config`` with ``env`` on top of this process's environment.
+
+    ``port`` and ``stats_port`` are free loopback ports handed to the config as ``METIS_FRONT_BIND`` and
+    ``METIS_STATS_BIND`` (deploy/haproxy.cfg's names); ``stats()`` reads the stats page's CSV.
+    """
+
+    def __init__(self, tmp_path: Path, config: Path, env: Mapping[str, str] = ()):
+        if not Path(HAPROXY).exists():
+            pytest.fail("haproxy not installed (apt-get install haproxy)")
+        self.port, self.stats_port = free_port(), free_port()
+        self.log = tmp_path / f"haproxy-{self.port}.log"
+        binds = {"METIS_FRONT_BIND": f"127.0.0.1:{self.port}", "METIS_STATS_BIND": f"127.0.0.1:{self.stats_port}"}
+        with self.log.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [HAPROXY, "-db", "-f", str(config)], env={**os.environ, **binds, **dict(env)}, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + BROKER_STEP_S
+        while True:  # short bounded polling of availability
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited: {self.log.read_text(errors='replace')}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"haproxy did not listen on {self.port} within {BROKER_STEP_S} s")
+            time.sleep(0.02)
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """The stats page's rows by ``proxy/server`` name (e.g. ``metis_workers/gpu0``), columns as named there."""
+        url = f"http://127.0.0.1:{self.stats_port}/stats;csv"
+        text = urllib.request.urlopen(url, timeout=BROKER_STEP_S).read().decode().lstrip("# ")
+        return {f"{row['pxname']}/{row['svname']}": row for row in csv.DictReader(io.StringIO(text))}
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout_s=BROKER_STEP_S)
 
 
 class ServerThread:

@@ -69,8 +69,8 @@ def test_a_warning_received_is_not_also_logged_at_the_default_level(caplog):
 
     overload = {"type": "warning", "code": "overload", "message": "the server fell behind: dropped 240 ms of input"}
     ready = proto.SessionReady("1", 16000, 16000, "f32le", 400.0, 240)
-    stream = file_client._Stream(None, ready, np.zeros(160, np.float32), 16000, 16000, file_client.FileStreamOptions())
-    stream.ws = _Messages([json.dumps(overload)])
+    stream = file_client._Stream(np.zeros(160, np.float32), 16000, 16000, file_client.FileStreamOptions())
+    stream.attach(_Messages([json.dumps(overload)]), ready)
     with caplog.at_level(logging.WARNING):
         asyncio.run(stream._receive())
     assert stream.events["warning"] == [overload]

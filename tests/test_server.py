@@ -303,19 +303,25 @@ def test_idle_timeout_closes(processor):
 
 # ----------------------------------------------------------------------------- limits and auth
 def test_busy_beyond_max_sessions_and_disconnect_frees_the_slot(processor):
-    s = _server(processor, max_sessions=2)
+    s = _server(processor, max_sessions=3)
     try:
-        with connect(s.url) as first, connect(s.url) as second:
-            for ws in (first, second):
-                ws.send(start_msg())
-                assert json.loads(ws.recv(timeout=60))["type"] == "session.ready"
-            with connect(s.url) as third:
-                third.send(start_msg())
-                busy = json.loads(third.recv(timeout=10))
-                assert busy["type"] == "busy" and busy["retry_after_s"] > 0
-                with pytest.raises(ConnectionClosed):
-                    third.recv(timeout=10)
-                assert third.close_code == 1013
+        with connect(s.url) as first, connect(s.url) as second, connect(s.url) as third:
+            first.send(start_msg())
+            assert json.loads(first.recv(timeout=60))["type"] == "session.ready"
+            # the capacity falls between the upgrades and session.start (measured admission can do that): the
+            # slot is gone when the third asks for it, so it gets busy on the open connection
+            s.server.cfg = dataclasses.replace(s.server.cfg, max_sessions=2)
+            second.send(start_msg())
+            assert json.loads(second.recv(timeout=60))["type"] == "session.ready"
+            third.send(start_msg())
+            busy = json.loads(third.recv(timeout=10))
+            assert busy["type"] == "busy" and busy["retry_after_s"] > 0
+            with pytest.raises(ConnectionClosed):
+                third.recv(timeout=10)
+            assert third.close_code == 1013
+            with pytest.raises(InvalidStatus) as refused:  # full: refused before the upgrade (issue 19)
+                connect(s.url, open_timeout=10)
+            assert refused.value.response.status_code == 503 and refused.value.response.headers["Retry-After"]
             first.send(pcm(np.zeros(4000, np.float32), "f32le"))
             first.close_socket()  # a client that vanishes mid-stream
             deadline = time.monotonic() + 10

@@ -485,15 +485,14 @@ def test_admission_refuses_what_the_engine_cannot_carry():
             assert health["capacity_measured"] and 1 <= health["capacity_sessions"] <= 3
             capacity = health["capacity_sessions"]
             with contextlib.ExitStack() as stack:
-                replies = []
-                for _ in range(capacity):
-                    ws = stack.enter_context(connect(s.url))
-                    ws.send(start_msg())
-                    replies.append(json.loads(ws.recv(timeout=WAIT_S))["type"])
-                assert replies == ["session.ready"] * (capacity - 1) + ["busy"]
+                for _ in range(capacity - 1):
+                    started(stack.enter_context(connect(s.url)))
+                with pytest.raises(InvalidStatus) as refused:  # at capacity: 503 before the upgrade (issue 19)
+                    connect(s.url, open_timeout=WAIT_S)
+                assert refused.value.response.status_code == 503
         metrics = urllib.request.urlopen(s.base + "/metrics", timeout=10).read().decode()
         assert f"metis_capacity_sessions {capacity}" in metrics
-        assert "metis_sessions_refused_capacity_total 1" in metrics
+        assert 'metis_upgrades_refused_total{reason="full"} 1' in metrics
 
 
 # ----------------------------------------------------------------------------- the seeded hostile suite

@@ -10,6 +10,13 @@ the server never holds two complete windows, which its overload rule would cut; 
 At the end the client sends ``flush``, waits for ``flushed`` and ends the session, so the output lasts exactly as
 long as the input (less any input the server dropped).
 
+Moving between workers: the client keeps the latest ``session.checkpoint`` (its token and ``input_samples_acked``;
+the input itself is the file, held whole). When the connection is lost (1006), the worker drains (1012) or is busy
+(1013, HTTP 502/503/504, refused), it reconnects with bounded, jittered backoff (to the next of the URLs given,
+round robin), sends ``session.resume``, keeps only the ``output_samples`` of output the new worker does not
+produce again, and re-sends the input after ``input_samples_acked``. Without a checkpoint, or when the token is
+refused, it starts afresh from the file's beginning (the output so far is discarded). The report counts the moves.
+
 Latency of a packet: from sending it to receiving the output sample that corresponds to its first sample (output
 sample k belongs to input sample k on the same clock; with different rates, to the same instant).
 """
@@ -30,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from metis_rt.audio.files import read_audio, resample, to_mono, write_audio
 from metis_rt.clients import wire
+from metis_rt.clients.resume import RESUMABLE_CLOSE_CODES, RESUMABLE_HTTP_STATUS, Backoff
 from metis_rt.errors import AudioInputError, MetisError
-from metis_rt.server.protocol import FORMATS, MAX_FRAME_S, MAX_RATE, MIN_RATE, TASKS
+from metis_rt.server.protocol import FORMATS, MAX_FRAME_S, MAX_RATE, MIN_RATE, TASKS, SessionResumed
 
 log = logging.getLogger("metis_rt.clients.file")
 
@@ -56,6 +64,9 @@ class FileStreamOptions:
     reference: bytes | None = None  # raw bytes of a reference audio file (tse, vc)
     max_ahead_ms: float | None = None  # fast pacing only; None = latency + half a chunk, 0 = unlimited
     options: dict[str, Any] | None = None  # session.start options (mix, bypass, steps)
+    reconnect: bool = True  # move to another worker (or wait for this one) when the connection is lost / drained
+    reconnect_max_s: float = 30.0  # give up after waiting this long in total between attempts
+    backoff_seed: int | None = None  # reconnect jitter (tests)
 
 
 class LatencyTracker:
@@ -76,6 +87,10 @@ class LatencyTracker:
             self.latencies_ms.append((at_s - self.pending[self.next_pending][1]) * 1000)
             self.next_pending += 1
 
+    def rewind(self) -> None:
+        """A resume: packets whose output has not arrived are sent again (and recorded again)."""
+        del self.pending[self.next_pending :]
+
     def percentile(self, q: float) -> float | None:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
 
@@ -95,11 +110,19 @@ def load_input(source: str | Path | np.ndarray, sample_rate: int | None, rate: i
     return resample(mono, native, target).astype(np.float32, copy=False), target
 
 
-class _Stream:
-    """One file streamed over one connection: a sender task and the receiving loop (the TaskGroup body)."""
+@dataclass(frozen=True)
+class Checkpoint:
+    token: str
+    input_samples_acked: int
+    output_samples: int
 
-    def __init__(self, ws, ready: wire.Ready, x: np.ndarray, rate: int, out_rate: int, opts: FileStreamOptions):
-        self.ws, self.ready, self.x, self.rate, self.out_rate, self.opts = ws, ready, x, rate, out_rate, opts
+
+class _Stream:
+    """One file streamed over one or more connections (moves between workers): per connection a sender task and the
+    receiving loop (the TaskGroup body); the progress (sent, received, output, last checkpoint) spans them."""
+
+    def __init__(self, x: np.ndarray, rate: int, out_rate: int, opts: FileStreamOptions):
+        self.x, self.rate, self.out_rate, self.opts = x, rate, out_rate, opts
         self.tracker = LatencyTracker(rate, out_rate)
         self.outputs: list[np.ndarray] = []
         self.received = 0
@@ -107,8 +130,34 @@ class _Stream:
         self.progress = asyncio.Event()
         self.flushed = asyncio.Event()
         self.events: dict[str, list[dict]] = {"stats": [], "warning": [], "error": []}
+        self.checkpoint: Checkpoint | None = None
+        self.moves, self.restarts, self.checkpoints = 0, 0, 0
         self.ended = False
         self.failure: wire.ClientError | None = None
+
+    def attach(self, ws, ready: wire.Ready) -> None:
+        """A new connection: a resumed stream continues where its checkpoint stands."""
+        self.ws, self.ready = ws, ready
+        self.flushed.clear()
+        if isinstance(ready, SessionResumed):
+            self._keep_output(ready.output_samples)
+            self.sent = ready.input_samples_acked
+            self.tracker.rewind()
+
+    def start_afresh(self) -> None:
+        """No usable checkpoint: stream the whole file again; the output so far is discarded."""
+        self.checkpoint = None
+        self._keep_output(0)
+        self.sent = 0
+        self.tracker = LatencyTracker(self.rate, self.out_rate)
+        self.restarts += 1
+
+    def _keep_output(self, samples: int) -> None:
+        out = self.output()
+        if len(out) < samples:  # output lost on the way (dropped for a slow reader): silence keeps the timing
+            log.warning("resume: %d output samples missing; filled with silence", samples - len(out))
+            out = np.concatenate([out, np.zeros(samples - len(out), np.float32)])
+        self.outputs, self.received = [out[:samples]], samples
 
     def ahead_limit_ms(self) -> float:
         if self.opts.realtime or self.opts.max_ahead_ms == 0:
@@ -120,7 +169,13 @@ class _Stream:
     def ahead_ms(self) -> float:
         return self.sent * 1000 / self.rate - self.received * 1000 / self.out_rate
 
-    async def run(self) -> None:
+    @property
+    def complete(self) -> bool:
+        """All output is in (``flushed`` came): a close after it loses nothing."""
+        return self.flushed.is_set()
+
+    async def run(self) -> bool:
+        """Stream over the attached connection until it closes: True when the stream is complete."""
         if self.ahead_limit_ms() <= self.ready.algorithmic_latency_ms:
             raise wire.ClientError(
                 f"max_ahead_ms={self.opts.max_ahead_ms:g} can never produce output: it must exceed the server's "
@@ -132,12 +187,14 @@ class _Stream:
             sender.cancel()
         if self.failure is not None:
             raise self.failure
-        if not self.ended or self.ws.close_code != 1000:
-            errors = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in self.events["error"])
-            raise wire.ClientError(
-                f"the server closed the connection early: {wire.close_description(self.ws)}"
-                + (f"; errors: {errors}" if errors else "")
-            )
+        return self.complete or (self.ended and self.ws.close_code == 1000)
+
+    def closed_early(self) -> wire.ClientError:
+        errors = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in self.events["error"])
+        return wire.ClientError(
+            f"the server closed the connection early: {wire.close_description(self.ws)}"
+            + (f"; errors: {errors}" if errors else "")
+        )
 
     async def _send(self) -> None:
         try:
@@ -151,10 +208,10 @@ class _Stream:
     async def _send_all(self) -> None:
         packet = max(1, min(round(self.rate * self.opts.packet_ms / 1000), int(MAX_FRAME_S * self.rate)))
         limit_ms, loop = self.ahead_limit_ms(), asyncio.get_running_loop()
-        started = loop.time()
-        for start in range(0, len(self.x), packet):
+        started, first = loop.time(), self.sent
+        for start in range(first, len(self.x), packet):
             if self.opts.realtime:
-                await asyncio.sleep(max(0.0, started + start / self.rate - loop.time()))
+                await asyncio.sleep(max(0.0, started + (start - first) / self.rate - loop.time()))
             async with asyncio.timeout(STALL_TIMEOUT_S):
                 while self.ahead_ms() >= limit_ms:
                     self.progress.clear()
@@ -162,7 +219,7 @@ class _Stream:
             chunk = self.x[start : start + packet]
             self.tracker.sent(start, time.perf_counter())
             await self.ws.send(wire.encode_audio(chunk, self.opts.fmt))
-            self.sent += len(chunk)
+            self.sent = start + len(chunk)
         await self.ws.send(wire.control_message("flush"))
         async with asyncio.timeout(STALL_TIMEOUT_S):
             await self.flushed.wait()
@@ -176,6 +233,8 @@ class _Stream:
         with contextlib.suppress(ConnectionClosed):
             async for message in self.ws:
                 if isinstance(message, bytes):
+                    if self.complete:
+                        continue  # nothing follows flushed but a fresh (empty) stream
                     samples = wire.decode_audio(message, self.opts.fmt)
                     self.outputs.append(samples)
                     self.received += len(samples)
@@ -186,17 +245,44 @@ class _Stream:
                 kind = event["type"]
                 if kind == "flushed":
                     self.flushed.set()
+                elif kind == "session.checkpoint" and not self.complete:
+                    self._checkpoint(event)
                 elif kind in self.events:
                     self.events[kind].append(event)
                     if kind != "stats":  # the report lists each once at the end; -v shows them as they come
                         log.info("server %s %s: %s", kind, event.get("code"), event.get("message"))
 
+    def _checkpoint(self, event: dict[str, Any]) -> None:
+        try:
+            self.checkpoint = Checkpoint(
+                str(event["token"]), int(event["input_samples_acked"]), int(event["output_samples"])
+            )
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed session.checkpoint")
+            return
+        self.checkpoints += 1
+
     def output(self) -> np.ndarray:
         return np.concatenate(self.outputs) if self.outputs else np.zeros(0, dtype=np.float32)
 
 
+def _retry_after(exc: wire.ClientError) -> float | None:
+    """The wait a failed connection attempt asks for (0: none given), or None when retrying cannot help."""
+    if isinstance(exc, wire.ServerBusy):
+        return exc.retry_after_s
+    cause = exc.__cause__
+    if isinstance(cause, InvalidStatus):
+        if cause.response.status_code not in RESUMABLE_HTTP_STATUS:
+            return None
+        value = cause.response.headers.get("Retry-After", "")
+        return float(value) if value.isdigit() else 0.0
+    if isinstance(cause, (OSError, TimeoutError, ConnectionClosed)):
+        return 0.0
+    return None
+
+
 async def stream_file(
-    url: str,
+    url: str | Sequence[str],
     source: str | Path | np.ndarray,
     *,
     sample_rate: int | None = None,
@@ -204,20 +290,59 @@ async def stream_file(
     token: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Stream ``source`` (a path, or a mono array at ``sample_rate``) to the server at ``url`` (``ws://HOST:PORT``
-    or the full ``/v1/stream`` URL). Returns (output float32 [N] at the output rate, report dict)."""
+    or the full ``/v1/stream`` URL; several: the workers to move between, tried in turn). Returns (output float32
+    [N] at the output rate, report dict)."""
     opts = options or FileStreamOptions()
+    urls = [url] if isinstance(url, str) else list(url)
     x, rate = load_input(source, sample_rate, opts.rate)
     out_rate = opts.output_rate or rate
     start = wire.start_message(
         opts.task, rate, opts.fmt, out_rate, voice=opts.voice, reference=opts.reference, options=opts.options
     )
     began = time.perf_counter()
-    ws, ready = await wire.open_session(wire.stream_url(url), start, token)
-    async with ws:
-        stream = _Stream(ws, ready, x, rate, out_rate, opts)
-        await stream.run()
+    stream = _Stream(x, rate, out_rate, opts)
+    backoff = Backoff(max_total_s=opts.reconnect_max_s, seed=opts.backoff_seed)
+    attempt = 0
+    while True:
+        target = wire.stream_url(urls[attempt % len(urls)])
+        attempt += 1
+        message = start if stream.checkpoint is None else wire.resume_message(stream.checkpoint.token)
+        try:
+            ws, ready = await wire.open_session(target, message, token)
+        except wire.ServerRejected as exc:
+            if stream.checkpoint is None:
+                raise
+            log.warning("%s refused the resume (%s): starting afresh", target, exc)
+            stream.start_afresh()
+            continue
+        except wire.ClientError as exc:
+            await _wait_to_retry(opts, backoff, _retry_after(exc), exc)
+            continue
+        checkpoints_before = stream.checkpoints
+        async with ws:
+            stream.attach(ws, ready)
+            if await stream.run():
+                break
+        if not (opts.reconnect and ws.close_code in RESUMABLE_CLOSE_CODES):
+            raise stream.closed_early()
+        if stream.checkpoints > checkpoints_before:
+            backoff.succeeded()  # the stream made progress on that worker
+        log.info("connection lost (%s): moving the stream", wire.close_description(ws))
+        stream.moves += 1
+        if stream.checkpoint is None:
+            stream.start_afresh()
+        await _wait_to_retry(opts, backoff, 0.0, stream.closed_early())
     out = stream.output()
-    return out, _report(stream, ready, opts, time.perf_counter() - began)
+    return out, _report(stream, stream.ready, opts, time.perf_counter() - began)
+
+
+async def _wait_to_retry(opts: FileStreamOptions, backoff: Backoff, retry_after: float | None, exc: Exception) -> None:
+    if not opts.reconnect or retry_after is None:
+        raise exc
+    wait = backoff.next_wait_s(retry_after or None)
+    if wait is None:
+        raise wire.ClientError(f"gave up reconnecting after {opts.reconnect_max_s:g} s of waiting: {exc}") from exc
+    await asyncio.sleep(wait)
 
 
 def _report(stream: _Stream, ready: wire.Ready, opts: FileStreamOptions, wall_s: float) -> dict[str, Any]:
@@ -244,6 +369,9 @@ def _report(stream: _Stream, ready: wire.Ready, opts: FileStreamOptions, wall_s:
         "server_stats": stats[-1] if stats else None,
         "warnings": stream.events["warning"],
         "errors": stream.events["error"],
+        "moves": stream.moves,  # reconnections after a lost / drained connection
+        "restarts": stream.restarts,  # of them, how many started afresh (no checkpoint, or the token was refused)
+        "checkpoints": stream.checkpoints,
     }
 
 
@@ -280,7 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="file_client", description="stream an audio file through a metis-rt server")
     p.add_argument("input", type=Path, help="audio file (wav, flac, ogg, ...; any rate, mixed to mono)")
     p.add_argument("-o", "--output", type=Path, help="write the output here (.wav, .flac, .ogg)")
-    p.add_argument("--server", default=wire.DEFAULT_URL, help=f"server URL (default {wire.DEFAULT_URL})")
+    p.add_argument(
+        "--server",
+        action="append",
+        help=f"server URL (default {wire.DEFAULT_URL}); repeat to name the workers a stream may move between",
+    )
+    p.add_argument("--no-reconnect", action="store_true", help="fail when the connection is lost or drained")
     p.add_argument("--token", help="bearer token, if the server requires one")
     p.add_argument("--task", choices=TASKS, default="se")
     voice = p.add_mutually_exclusive_group()
@@ -322,9 +455,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         voice=args.voice,
         reference=reference,
         max_ahead_ms=args.max_ahead_ms,
+        reconnect=not args.no_reconnect,
     )
+    servers = args.server or [wire.DEFAULT_URL]
     try:
-        out, report = asyncio.run(stream_file(args.server, args.input, options=opts, token=args.token))
+        out, report = asyncio.run(stream_file(servers, args.input, options=opts, token=args.token))
         if args.output is not None:
             write_audio(args.output, out, report["output_rate"])
     except AudioInputError as exc:

@@ -146,11 +146,29 @@ TTS_NOT_HERE = (
 )
 
 
+def resume_message(token: str) -> str:
+    """``session.resume`` with the token of the last ``session.checkpoint`` (instead of session.start)."""
+    return json.dumps({"type": "session.resume", "protocol": proto.PROTOCOL_VERSION, "token": token})
+
+
 def ready_from(event: dict[str, Any]) -> proto.SessionReady:
-    """``session.ready`` of an audio session; ClientError for a TTS session's (it has no input rate or latency)."""
+    """``session.ready`` of an audio session (a ``session.resumed``: a SessionResumed, which also says where the
+    stream stands); ClientError for a TTS session's (it has no input rate or latency)."""
     if event.get("task") == "tts" or "sample_rate" not in event:
         raise ClientError(f"the server started a {event.get('task', 'non-audio')} session: {TTS_NOT_HERE}")
-    return proto.SessionReady(
+    ready = _ready_fields(event)
+    if event.get("type") == "session.resumed":
+        return proto.SessionResumed(
+            *ready,
+            input_samples_acked=int(event["input_samples_acked"]),
+            output_samples=int(event["output_samples"]),
+            resume_gap_ms=float(event.get("resume_gap_ms", 0.0)),
+        )
+    return proto.SessionReady(*ready)
+
+
+def _ready_fields(event: dict[str, Any]) -> tuple:
+    return (
         str(event["session_id"]),
         int(event["sample_rate"]),
         int(event["output_sample_rate"]),
@@ -216,7 +234,7 @@ async def handshake(ws: ClientConnection, start: str) -> Ready:
                     continue
                 event = parse_event(message)
                 kind = event["type"]
-                if kind == "session.ready":
+                if kind in ("session.ready", "session.resumed"):
                     return ready_from(event)
                 if kind == "busy":
                     raise ServerBusy(float(event.get("retry_after_s", 0)))

@@ -1,9 +1,12 @@
 """The real-time server: one engine (own thread) behind a WebSocket endpoint, plus HTTP on the same port.
 
 ``python run_server.py`` / ``metis-rt serve``. With ``mqtt`` configured, sessions can also be steered and watched
-over MQTT (``metis_rt.server.mqtt``; the broker is optional at any moment). Shutdown (SIGINT/SIGTERM): stop
-accepting, flush every streaming session (a TTS session drops its queue and finishes its current sentence) and
-close it (1001), clear the sessions' MQTT state, stop the engine, exit 0.
+over MQTT (``metis_rt.server.mqtt``; the broker is optional at any moment). Shutdown (SIGINT): stop accepting,
+flush every streaming session (a TTS session drops its queue and finishes its current sentence) and close it
+(1001), clear the sessions' MQTT state, stop the engine, exit 0. Drain (SIGTERM, or :meth:`MetisServer.drain`):
+``draining`` becomes True (``/readyz`` says not ready), no new session is admitted, every resumable stream gets a
+final ``session.checkpoint`` and is closed 1012 so its client resumes on another worker (``resume_connection``);
+the others close as at shutdown; then the server stops.
 
 ``stage1`` names the stage-1 families loaded (``task``: each task's own checkpoint, ``omni``: Metis-Omni); a session
 picks one (default: the first). With ``tts`` among the tasks the server also speaks text (``tts_service``).
@@ -21,7 +24,7 @@ import signal
 import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,11 +33,13 @@ from websockets.exceptions import ConnectionClosed
 
 from metis_rt.config import STAGE1_FAMILIES, OfficialConfig, stage1_variant
 from metis_rt.errors import ConfigError
-from metis_rt.server import admission, http
+from metis_rt.server import admission, http, resume_connection
 from metis_rt.server import protocol as proto
 from metis_rt.server.config import ServerConfig, mqtt_settings
 from metis_rt.server.connection import CLOSE_GOING_AWAY, CLOSE_TRY_LATER, Connection
 from metis_rt.server.engines import EngineCatalogue
+from metis_rt.server.resume import Resumer, server_fingerprint
+from metis_rt.server.resume_token import ResumeSettings
 from metis_rt.server.voices import VoiceLibrary
 from metis_rt.streaming.config import StreamConfig, stream_decoding
 from metis_rt.streaming.engine import Engine
@@ -64,6 +69,7 @@ class Counters:
     refused_capacity: int = 0  # session.start refused: the engine is at its measured capacity
     refused_unstarted: int = 0  # connections closed at once: too many open without a session
     handshake_timeouts: int = 0  # connections closed: no valid session.start in time
+    upgrades_refused: dict[str, int] = field(default_factory=dict)  # 503 to a /v1/stream upgrade, by reason
 
 
 class MetisServer:
@@ -81,6 +87,8 @@ class MetisServer:
         deterministic: bool = False,
         mqtt_password: str | None = None,
         frame_engines: Iterable[str] = (),
+        resume: ResumeSettings | None = None,
+        model_identity: str = "",
     ):
         self.processor = processor
         self.official = official
@@ -109,7 +117,16 @@ class MetisServer:
         self._stop: asyncio.Event | None = None
         self.port: int | None = None
         self.ready = False
+        self.draining = False  # set when a drain begins (SIGTERM / drain()); /readyz reports not ready from then on
         self.sessions_served = 0
+        fingerprint = server_fingerprint(
+            official=official,
+            stream_cfg=stream_cfg,
+            processor=processor,
+            deterministic=deterministic,
+            model_identity=model_identity,
+        )
+        self.resumer = None if resume is None or processor is None else Resumer(resume, fingerprint)
 
     def _tts_service(self, tokenizer: PhoneTokenizer | None) -> TtsService:
         from metis_rt.server.tts_service import TtsService
@@ -150,9 +167,37 @@ class MetisServer:
         cost = admission.step_cost(list(self.engine.step_ms), list(self.engine.batch_sizes))
         return admission.capacity(cost, self.geometry.chunk_ms, self.stream_cfg.engine.max_batch, self.cfg.max_sessions)
 
+    def readiness(self) -> tuple[str | None, dict]:
+        """Why this worker takes no new stream now (None: it takes one), with the numbers behind it.
+
+        ``starting``: not listening yet or models warming up; ``draining``: shutting down or handing its streams
+        on; ``full``: sessions plus connections about to start one reach the capacity. (Connections beyond
+        ``max_unstarted`` are a flood, not load: they are still upgraded and closed 1013, as before.)"""
+        capacity = self.capacity()
+        pending = len(self.connections) + self.unstarted
+        details = {"sessions": len(self.connections), "unstarted": self.unstarted, "capacity_sessions": capacity}
+        if (self._stop is not None and self._stop.is_set()) or getattr(self, "draining", False):
+            return "draining", details
+        if not self.ready:
+            return "starting", details
+        if pending >= capacity:
+            return "full", details
+        return None, details
+
+    def upgrade_refused(self, reason: str) -> None:
+        refused = self.counters.upgrades_refused
+        refused[reason] = refused.get(reason, 0) + 1
+
+    def probes(self) -> http.Probes:
+        return http.Probes(
+            self.health, self.metrics_text, self.readiness, self.upgrade_refused, self.cfg.busy_retry_after_s
+        )
+
     def acquire(self, conn: Connection) -> bool:
         capacity = self.capacity()
         with self._lock:
+            if self.draining:
+                return False
             if len(self.connections) >= capacity:
                 if capacity < self.cfg.max_sessions:
                     self.counters.refused_capacity += 1
@@ -244,6 +289,10 @@ class MetisServer:
             f"metis_connections_refused_unstarted_total {counters.refused_unstarted}",
             "# TYPE metis_handshake_timeouts_total counter",
             f"metis_handshake_timeouts_total {counters.handshake_timeouts}",
+            "# TYPE metis_upgrades_refused_total counter",
+            *(f'metis_upgrades_refused_total{{reason="{r}"}} {n}' for r, n in counters.upgrades_refused.items()),
+            "# TYPE metis_ready gauge",
+            f"metis_ready {int(self.readiness()[0] is None)}",
             "# TYPE metis_sessions_active gauge",
             f"metis_sessions_active {len(self.connections)}",
             "# TYPE metis_sessions_max gauge",
@@ -275,6 +324,7 @@ class MetisServer:
         check_exposure(bind, self.tokens, self.cfg.insecure)
         policy = edge_policy(self.cfg, bind, self.tokens)
         tls = tls_context(self.cfg)
+        probes = self.probes()
         self.catalogue.start()
         try:
             await asyncio.to_thread(self.warm_up)
@@ -283,7 +333,7 @@ class MetisServer:
                     self._handle,
                     bind,
                     self.cfg.port if port is None else port,
-                    process_request=lambda _conn, req: http.route(req, policy, self.health, self.metrics_text),
+                    process_request=lambda _conn, req: http.route(req, policy, probes),
                     max_size=self.cfg.max_message_bytes,
                     max_queue=WS_MAX_QUEUE,
                     ssl=tls,
@@ -327,9 +377,34 @@ class MetisServer:
             self._stop.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGINT: shut down (flush, 1001). SIGTERM: drain (checkpoints, 1012), then shut down."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGTERM, self.begin_drain, True)
+
+    def begin_drain(self, then_stop: bool = False) -> asyncio.Task:
+        """Start :meth:`drain` from synchronous code on the event loop (a signal handler); stop afterwards if asked."""
+
+        async def drain() -> None:
+            await self.drain()
+            if then_stop:
+                self.stop()
+
+        task = asyncio.get_running_loop().create_task(drain(), name="drain")
+        self._drain_task = task  # keep a reference: the loop holds tasks weakly
+        return task
+
+    async def drain(self) -> None:
+        """Stop admitting, give every resumable stream a final checkpoint and close it 1012 (others: flush, 1001)."""
+        self.draining = True
+        log.info("draining %d session(s)", len(self.connections))
+        resumable = [c for c in list(self.connections) if resume_connection.resumable(c)]
+        others = [c for c in list(self.connections) if c not in resumable]
+        await asyncio.gather(
+            *(resume_connection.close_for_drain(c) for c in resumable),
+            *(self._close_one(c) for c in others),
+            return_exceptions=True,
+        )
 
     async def _handle(self, ws) -> None:
         if self.unstarted >= self.cfg.max_unstarted:
@@ -346,24 +421,26 @@ class MetisServer:
             await ws.close(1011, "internal error")
 
     async def _close_all(self) -> None:
-        async def close(conn: Connection) -> None:
-            try:
-                if conn.tts is not None:
-                    conn.tts.cancel()
-                    conn.tts.end()
-                    async with asyncio.timeout(SHUTDOWN_FLUSH_S):
-                        await conn.tts.ended.wait()
-                        await conn.out.drained()
-                elif conn.session is not None and not conn.session.done:
-                    conn.session.finish()
-                    async with asyncio.timeout(SHUTDOWN_FLUSH_S):
-                        await conn.flushed.wait()
-                        await conn.out.drained()
-            except (TimeoutError, ConnectionClosed):
-                pass
-            await conn.ws.close(CLOSE_GOING_AWAY, "server shutting down")
+        await asyncio.gather(*(self._close_one(c) for c in list(self.connections)), return_exceptions=True)
 
-        await asyncio.gather(*(close(c) for c in list(self.connections)), return_exceptions=True)
+    async def _close_one(self, conn: Connection) -> None:
+        if conn.ws.close_code is not None:  # closed already (a drain's 1012, or the client left)
+            return
+        try:
+            if conn.tts is not None:
+                conn.tts.cancel()
+                conn.tts.end()
+                async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+                    await conn.tts.ended.wait()
+                    await conn.out.drained()
+            elif conn.session is not None and not conn.session.done:
+                conn.session.finish()
+                async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+                    await conn.flushed.wait()
+                    await conn.out.drained()
+        except (TimeoutError, ConnectionClosed):
+            pass
+        await conn.ws.close(CLOSE_GOING_AWAY, "server shutting down")
 
     def warm_up(self) -> None:
         """One hop per streaming task and stage-1 family through the engine, and one short TTS utterance per

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from metis_rt.config import TaskDecoding
 from metis_rt.engines import METIS
 from metis_rt.errors import AudioInputError, ConfigError
-from metis_rt.server import frame_connection, tts_connection
+from metis_rt.server import frame_connection, resume_connection, tts_connection
 from metis_rt.server import protocol as proto
 from metis_rt.server.outbox import Outbox
 from metis_rt.server.voices import decode_reference
@@ -71,6 +71,8 @@ class Connection:
         self.loop = asyncio.get_running_loop()
         self.session_id = ""
         self._updating = asyncio.Lock()  # one update at a time (client and MQTT may overlap)
+        self.resume_history = (0, 0.0)  # moves of this stream to another worker so far, and their gaps (ms)
+        self.checkpoints_sent = 0
 
     @property
     def task(self) -> str:
@@ -94,6 +96,8 @@ class Connection:
                     background.append(tg.create_task(self.tts.run(), name="tts"))
                 else:
                     background.append(tg.create_task(self._stats_loop(), name="stats"))
+                if self.server.resumer is not None and self.tts is None:
+                    background.append(tg.create_task(resume_connection.checkpoint_loop(self), name="checkpoints"))
                 await self._receive_loop()
                 for task in background:
                     task.cancel()
@@ -114,6 +118,8 @@ class Connection:
                 return None
             try:
                 start = proto.parse_client_message(message)
+                if isinstance(start, proto.SessionResume):
+                    return await self._resume(start)
                 if not isinstance(start, proto.SessionStart):
                     raise proto.ProtocolError("not_started", f"{start.type} before session.start")
                 self.server.catalogue.check(start.engine, start.task)
@@ -139,6 +145,36 @@ class Connection:
                 await self._event(proto.ErrorEvent(exc.code, exc.message))
             except AudioInputError as exc:
                 await self._event(proto.ErrorEvent("invalid_reference", str(exc)))
+
+    async def _resume(self, message: proto.SessionResume) -> proto.SessionResume | None:
+        """``session.resume`` in the handshake: the slot first (busy: 1013), then the token (errors: the slot is
+        freed again and the ProtocolError goes back to the handshake loop)."""
+        if not self.server.acquire(self):
+            await self._event(proto.Busy(self.server.cfg.busy_retry_after_s))
+            await self.ws.close(CLOSE_TRY_LATER, "server busy")
+            return None
+        try:
+            await resume_connection.open_resumed(self, message)
+        except BaseException:
+            self.server.release(self)
+            raise
+        return message
+
+    def ready_event(self, session: StreamSession) -> proto.SessionReady:
+        start = self.start
+        return proto.SessionReady(
+            self.session_id,
+            start.sample_rate,
+            start.output_sample_rate,
+            start.format,
+            round(session.latency_ms, 2),
+            self.server.geometry.chunk_ms,
+            self.stage1,
+            self.steps.stage1,
+            list(self.steps.s2a),
+            METIS,
+            session.latency_input_samples,
+        )
 
     async def _open(self, start: proto.SessionStart, family: str) -> None:
         if start.options.strength is not None:
@@ -171,21 +207,7 @@ class Connection:
         self.steps, self.reference, self.voice = steps, reference, start.voice if reference is not None else None
         self.server.engine.add(session)
         self.server.session_opened(self)  # registered before the client hears of it: MQTT can reach it at once
-        await self._event(
-            proto.SessionReady(
-                sid,
-                start.sample_rate,
-                start.output_sample_rate,
-                start.format,
-                round(session.latency_ms, 2),
-                self.server.geometry.chunk_ms,
-                family,
-                self.steps.stage1,
-                list(self.steps.s2a),
-                METIS,
-                session.latency_input_samples,
-            )
-        )
+        await self._event(self.ready_event(session))
 
     # --- receiving ------------------------------------------------------------------------------
     async def _recv(self, deadline: float | None = None):
@@ -223,7 +245,7 @@ class Connection:
                 continue
             try:
                 control = proto.parse_client_message(message)
-                if isinstance(control, proto.SessionStart):
+                if isinstance(control, (proto.SessionStart, proto.SessionResume)):
                     raise proto.ProtocolError("already_started", "the session has started; send session.update")
                 if self.tts is not None:
                     if await tts_connection.handle(self, control, received):
@@ -472,6 +494,8 @@ class Connection:
                 round(snap["dropped_ms"], 1),
                 round(snap["latency_ms_p50"], 1),
                 int(snap["hops"]),
+                self.resume_history[0],
+                round(self.resume_history[1], 1),
             )
             self._queue_event(stats)
             self.server.session_stats(self, stats)

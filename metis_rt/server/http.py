@@ -1,4 +1,4 @@
-"""Plain HTTP on the WebSocket port: ``/healthz``, ``/metrics``, the web client, and the gate of ``/v1/stream``.
+"""Plain HTTP on the WebSocket port: health, readiness, metrics, the web client, and the gate of ``/v1/stream``.
 
 This is the server's edge, and every check of who may talk to it lives here (run in websockets'
 ``process_request`` hook, before any upgrade; docs/security.md):
@@ -8,7 +8,10 @@ This is the server's edge, and every check of who may talk to it lives here (run
 * ``Origin`` (sent by every browser on a WebSocket upgrade) must be the server's own page, a loopback origin or an
   ``--allow-origin`` entry: any other web page gets 403;
 * the token (``Authorization: Bearer``, or ``?token=`` for browsers, which cannot set headers on a WebSocket) is
-  compared in constant time; query tokens are redacted from the log (``redact``).
+  compared in constant time; query tokens are redacted from the log (``redact``);
+* a worker that takes no new stream (full, draining, starting) answers the upgrade with 503 and ``Retry-After``, before
+  the upgrade, so a balancer can retry the request on another worker (docs/deploy.md). ``/readyz`` says the same to
+  health checks (200 or 503); ``/healthz`` stays liveness (200 while the process serves HTTP).
 
 Pure helpers that build ``websockets`` HTTP responses; no asyncio.
 """
@@ -19,6 +22,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +45,18 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_TOKEN_CHARS = 512
 _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']*", re.IGNORECASE)
 _BEARER_IN_TEXT = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What the edge asks the server: health (JSON), metrics (Prometheus text), why it takes no new stream now
+    (None: it does; else a short reason such as ``full``) with the readiness details, and a counter of refusals."""
+
+    health: Callable[[], dict]
+    metrics: Callable[[], str]
+    readiness: Callable[[], tuple[str | None, dict]]
+    refused: Callable[[str], None] = lambda _reason: None
+    retry_after_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -143,7 +159,40 @@ def static_file(path: str) -> Response | None:
 
 
 # ----------------------------------------------------------------------------- routing
-def route(request: Request, policy: EdgePolicy, health: Callable[[], dict], metrics: Callable[[], str]):
+def retry_after(seconds: float) -> list[tuple[str, str]]:
+    """The ``Retry-After`` header (whole seconds, at least 1)."""
+    return [("Retry-After", str(max(1, math.ceil(seconds))))]
+
+
+def readyz(probes: Probes) -> Response:
+    """200 when the server takes new streams, else 503 with the reason and ``Retry-After``."""
+    reason, details = probes.readiness()
+    body = json.dumps({"ready": reason is None, "reason": reason, **details}).encode()
+    if reason is None:
+        return response(HTTPStatus.OK, body, "application/json")
+    return response(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json", retry_after(probes.retry_after_s))
+
+
+def stream_gate(request: Request, policy: EdgePolicy, probes: Probes) -> Response | None:
+    """Origin, token, then admission: None lets the upgrade proceed."""
+    if not origin_allowed(request, policy):
+        return text_response(
+            HTTPStatus.FORBIDDEN, "this web page's origin may not use the server (see --allow-origin)\n"
+        )
+    if not authorised(request, policy.tokens):
+        return text_response(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n", [("WWW-Authenticate", "Bearer")])
+    reason, _details = probes.readiness()
+    if reason is None:
+        return None
+    probes.refused(reason)
+    return text_response(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        f"this worker takes no new stream now ({reason}): retry later or on another worker\n",
+        retry_after(probes.retry_after_s),
+    )
+
+
+def route(request: Request, policy: EdgePolicy, probes: Probes):
     """The response for a plain HTTP request, or None to let the WebSocket upgrade of /v1/stream proceed."""
     if not host_allowed(request, policy):
         return text_response(HTTPStatus.MISDIRECTED_REQUEST, "this server does not serve that host name\n")
@@ -152,17 +201,13 @@ def route(request: Request, policy: EdgePolicy, health: Callable[[], dict], metr
     except ValueError:
         return text_response(HTTPStatus.BAD_REQUEST, "malformed request path\n")
     if path == STREAM_PATH:
-        if not origin_allowed(request, policy):
-            return text_response(
-                HTTPStatus.FORBIDDEN, "this web page's origin may not use the server (see --allow-origin)\n"
-            )
-        if not authorised(request, policy.tokens):
-            return text_response(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n", [("WWW-Authenticate", "Bearer")])
-        return None
+        return stream_gate(request, policy, probes)
     if path == "/healthz":
-        return json_response(HTTPStatus.OK, health())
+        return json_response(HTTPStatus.OK, probes.health())
+    if path == "/readyz":
+        return readyz(probes)
     if path == "/metrics":
-        return response(HTTPStatus.OK, metrics().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        return response(HTTPStatus.OK, probes.metrics().encode(), "text/plain; version=0.0.4; charset=utf-8")
     found = static_file(path)
     if found is not None:
         return found

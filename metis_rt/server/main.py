@@ -16,6 +16,7 @@ from pathlib import Path
 from metis_rt.config import STAGE1_FAMILIES, TASKS
 from metis_rt.engines import AUTO, ENGINE_CHOICES, FRAME_ENGINES, METIS
 from metis_rt.errors import ConfigError, MetisError
+from metis_rt.server.resume_token import DEFAULT_MAX_AGE_S, ResumeKeys, ResumeSettings
 
 log = logging.getLogger("metis_rt.server")
 
@@ -103,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mqtt-node", metavar="NAME", help="this server's topic level (default: the host name)")
     m.add_argument("--mqtt-ca-file", type=Path, metavar="PEM", help="CA bundle to trust for mqtts://")
     m.add_argument("--mqtt-insecure", action="store_true", help="mqtts:// without certificate checks (testing only)")
+    r = p.add_argument_group('resume (docs/protocol.md, "Resume")')
+    r.add_argument(
+        "--resume-key-file",
+        type=Path,
+        metavar="FILE",
+        help="keys shared by the workers (one per line, >= 32 bytes; the first signs): send session.checkpoint "
+        "tokens and accept session.resume",
+    )
+    r.add_argument(
+        "--resume-max-age-s",
+        type=float,
+        default=DEFAULT_MAX_AGE_S,
+        help=f"refuse resume tokens older than this (default {DEFAULT_MAX_AGE_S:g})",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -200,6 +215,13 @@ def plan_engines(args, tasks: list[str], metis_missing) -> tuple[bool, list[str]
     return False, usable, note
 
 
+def resume_settings(args) -> ResumeSettings | None:
+    """The resume keys and limits of the command line (None: no --resume-key-file); ConfigError if unusable."""
+    if args.resume_key_file is None:
+        return None
+    return ResumeSettings(ResumeKeys.from_file(args.resume_key_file), args.resume_max_age_s)
+
+
 def build_server(args):
     import torch
 
@@ -214,6 +236,7 @@ def build_server(args):
     )
     from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config, resolve_config_for_tasks
     from metis_rt.server.app import MetisServer, check_exposure, tls_context
+    from metis_rt.server.resume import model_identity
     from metis_rt.streaming.config import STREAMING_CONFIG
     from metis_rt.streaming.processor import MetisWindowProcessor
 
@@ -223,6 +246,7 @@ def build_server(args):
     server_cfg = server_config(args)  # before the models load: a bad broker URL fails at once
     check_exposure(server_cfg.host, frozenset(read_tokens(args)), server_cfg.insecure)  # and an open bind
     tls_context(server_cfg)  # and unreadable TLS files
+    resume = resume_settings(args)  # and unusable resume keys
     check_port_free(server_cfg.host, server_cfg.port)  # and a port in use
     model_dir = (args.model_dir or default_model_dir()).expanduser()
     if args.model_dir is not None:  # asked for by name: a typo is an error, not a quiet fall back to a CPU engine
@@ -286,6 +310,8 @@ def build_server(args):
         deterministic=args.deterministic,
         mqtt_password=mqtt_password(),
         frame_engines=frame_engines,
+        resume=resume,
+        model_identity=model_identity(model_dir),
     )
 
 

@@ -38,6 +38,7 @@ MAX_TEXT_CHARS = 1000  # = metis_rt.text.tokenizer.MAX_TEXT_CHARS (a test keeps 
 MAX_LANGUAGE_CHARS = 16
 MAX_REQUEST_ID_CHARS = 128
 MAX_VOICE_CHARS = 64  # a voice name (a file stem in the voices folder)
+MAX_RESUME_TOKEN_CHARS = 1 << 20  # = metis_rt.server.resume_token.MAX_TOKEN_CHARS
 EXCERPT_CHARS = 40  # at most this much of a client's value is quoted back in an error (sanitised)
 
 
@@ -123,7 +124,15 @@ class SessionEnd:
     type: str = "session.end"
 
 
-ClientMessage = SessionStart | SessionUpdate | Flush | SessionEnd | TtsSpeak | TtsCancel
+@dataclass(frozen=True)
+class SessionResume:
+    """Continue a stream another worker ran, from its last ``session.checkpoint`` (instead of session.start)."""
+
+    token: str
+    type: str = "session.resume"
+
+
+ClientMessage = SessionStart | SessionUpdate | Flush | SessionEnd | TtsSpeak | TtsCancel | SessionResume
 
 
 # ----------------------------------------------------------------------------- server -> client
@@ -142,6 +151,27 @@ class SessionReady:
     latency_samples: int = 0  # the algorithmic latency in input samples (exact)
     protocol: int = PROTOCOL_VERSION
     type: str = "session.ready"
+
+
+@dataclass(frozen=True)
+class SessionResumed(SessionReady):
+    """``session.resumed``: the fields of session.ready, and where the resumed stream stands (the client re-sends its
+    input after ``input_samples_acked`` and keeps only the first ``output_samples`` of the output it received)."""
+
+    input_samples_acked: int = 0
+    output_samples: int = 0
+    resume_gap_ms: float = 0.0  # wall time from the checkpoint's issue to this resume
+    type: str = "session.resumed"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """``session.checkpoint``: a signed token of the stream's state (see docs/protocol.md, "Resume")."""
+
+    token: str
+    input_samples_acked: int  # input samples (input rate, from the stream's start) whose effect the state holds
+    output_samples: int  # output samples (output rate) produced before the state; sent ahead of this event
+    type: str = "session.checkpoint"
 
 
 @dataclass(frozen=True)
@@ -209,6 +239,8 @@ class Stats:
     dropped_ms: float
     latency_ms: float
     hops: int
+    resumes: int = 0  # moves of this stream to another worker so far (session.resume)
+    resume_gap_ms: float = 0.0  # wall time the stream spent without a worker over those moves
     type: str = "stats"
 
 
@@ -301,10 +333,12 @@ def parse_client_message(text: str) -> ClientMessage:
         return parse_speak(data)
     if kind == "tts.cancel":
         return TtsCancel()
+    if kind == "session.resume":
+        return _parse_resume(data)
     raise ProtocolError(
         "unknown_type",
-        f"unknown message type {excerpt(kind)}; expected session.start, session.update, flush, session.end, "
-        "tts.speak or tts.cancel",
+        f"unknown message type {excerpt(kind)}; expected session.start, session.resume, session.update, flush, "
+        "session.end, tts.speak or tts.cancel",
     )
 
 
@@ -445,12 +479,27 @@ TTS_ONLY_START_FIELDS = ("reference_text", "language")
 STREAM_ONLY_OPTIONS = ("bypass", "mix", "strength")
 
 
-def _parse_start(data: dict[str, Any]) -> SessionStart:
+def _check_protocol(data: dict[str, Any]) -> None:
     got = data.get("protocol")
     if not _exact_int(got) or got != PROTOCOL_VERSION:
         raise ProtocolError(
             "unsupported_protocol", f"protocol must be the integer {PROTOCOL_VERSION}, got {excerpt(got)}"
         )
+
+
+def _parse_resume(data: dict[str, Any]) -> SessionResume:
+    _check_protocol(data)
+    unknown = set(data) - {"type", "protocol", "token"}
+    if unknown:
+        raise ProtocolError("invalid_message", f"unknown field(s) {_names(unknown)} in session.resume")
+    token = data.get("token")
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_RESUME_TOKEN_CHARS:
+        raise ProtocolError("malformed", f"token must be the string of a session.checkpoint, got {excerpt(token)}")
+    return SessionResume(token)
+
+
+def _parse_start(data: dict[str, Any]) -> SessionStart:
+    _check_protocol(data)
     task = _task(data.get("task"))
     tts = task == "tts"
     if tts:  # no input audio: sample_rate only serves as the default output rate

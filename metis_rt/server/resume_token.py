@@ -35,6 +35,8 @@ MIN_KEY_BYTES = 32
 MAX_TOKEN_CHARS = 1 << 20  # a token is a few KB to tens of KB; anything near this is hostile
 MAX_STATE_BYTES = 8 << 20  # decompressed state bound (a zlib bomb stops here)
 MAX_HEADER_BYTES = 4096
+DEFAULT_MAX_AGE_S = 300.0  # --resume-max-age-s
+DEFAULT_CHECKPOINT_INTERVAL_S = 1.0  # a session.checkpoint about once a second
 _PREFIX = struct.Struct(">3sBI")  # magic, version, header length
 
 
@@ -73,6 +75,22 @@ class ResumeKeys:
         if not keys:
             raise ConfigError(f"--resume-key-file {path}: no key in it (one key per line)")
         return cls(keys)
+
+
+@dataclass(frozen=True)
+class ResumeSettings:
+    """A worker's resume configuration: its keys, the oldest token it accepts, how often it sends checkpoints."""
+
+    keys: ResumeKeys
+    max_age_s: float = DEFAULT_MAX_AGE_S
+    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        if not (self.max_age_s > 0 and self.checkpoint_interval_s > 0):
+            raise ConfigError(
+                f"resume: max age ({self.max_age_s:g} s) and checkpoint interval ({self.checkpoint_interval_s:g} s) "
+                "must be positive"
+            )
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from metis_rt.streaming.config import EngineConfig
 from metis_rt.streaming.geometry import CODEC_FRAME_SAMPLES, CODEC_RATE, SSL_FRAME_SAMPLES, SSL_RATE, Geometry
 from metis_rt.streaming.metrics import SessionMetrics
 from metis_rt.streaming.overlap_add import crossfade
+from metis_rt.streaming.session_state import StreamState, capture, restore
 from metis_rt.streaming.window import ReferenceTokens, WindowJob, WindowResult
 
 SPLICE_FADE_MS = 5  # crossfade where dropped input is cut out
@@ -80,6 +81,7 @@ class StreamSession(SessionBase):
         self.geometry = geometry
         self.num_quantizers = num_quantizers
         self.reference = reference
+        self._checkpoint_waiters: list[Callable[[StreamState], None]] = []
         self.reset()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -111,6 +113,34 @@ class StreamSession(SessionBase):
         """Algorithmic latency of this stream: the geometry's (chunk + lookahead + framing) plus the input
         resampler's fixed lookahead when the client rate is not 16 kHz."""
         return self.latency_input_samples * 1000 / self.spec.input_rate
+
+    # --- checkpoints (a stream moving to another worker: metis_rt.streaming.session_state) ------------
+    def checkpoint(self, on_state: Callable[[StreamState], None]) -> None:
+        """Call ``on_state(state)`` at the next consistent point: now (caller's thread) when no hop is in flight and
+        the input is not being flushed, else right after the hop that completes next (engine thread), after that
+        hop's output was delivered."""
+        with self.lock:
+            if not self._consistent():
+                self._checkpoint_waiters.append(on_state)
+                return
+            state = capture(self)
+        on_state(state)
+
+    def restore(self, state: StreamState) -> None:
+        """Continue the stream ``state`` was taken from (a fresh session of the same spec); StateMismatch if not."""
+        with self.lock:
+            if self.received_in or self.hop:
+                raise RuntimeError(f"session {self.id}: restore into a stream that has started")
+            restore(self, state)
+
+    def _consistent(self) -> bool:  # lock held
+        return not (self.in_flight or self.ending or self.done or self.error is not None)
+
+    def _take_checkpoints(self) -> tuple[list[Callable[[StreamState], None]], StreamState | None]:  # lock held
+        if not self._checkpoint_waiters or not self._consistent():
+            return [], None
+        waiters, self._checkpoint_waiters = self._checkpoint_waiters, []
+        return waiters, capture(self)
 
     def update_settings(self, settings: TaskDecoding) -> None:
         with self.lock:
@@ -238,6 +268,9 @@ class StreamSession(SessionBase):
             self._deliver(self._out.push(out24))
             if self.ending and self.hop > self.last_hop:
                 self._finalise(self._out.flush())
+            waiters, state = self._take_checkpoints()
+        for on_state in waiters:
+            on_state(state)
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def _trim_history(self) -> None:
