@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.realparts import Haproxy  # noqa: E402
 from tests.resuming_client import RATE, ResumingStream  # noqa: E402
-from tests.test_balancer import HAPROXY_CFG, Worker, session_ids  # noqa: E402
+from tests.test_balancer import HAPROXY_CFG, Worker, server_state, session_ids  # noqa: E402
 
 SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 
@@ -39,7 +39,7 @@ async def wait_for(predicate, what: str, timeout_s: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def rounds(url: str, workers: list[Worker], streams: list[ResumingStream], args) -> None:
+async def rounds(proxy: Haproxy, workers: list[Worker], streams: list[ResumingStream], args) -> None:
     moves = 0
     while moves < args.moves:
         await wait_for(lambda: all(s.checkpoint is not None and s.outputs_on_connection for s in streams), "output")
@@ -55,16 +55,19 @@ async def rounds(url: str, workers: list[Worker], streams: list[ResumingStream],
         fresh = Worker(workers[victim].folder, workers[victim].name, port=workers[victim].port)
         await asyncio.to_thread(fresh.wait_ready)
         workers[victim] = fresh
+        # the next kill waits until HAProxy's health checks have the fresh worker UP again (two workers dying
+        # before the balancer saw the first one return leave it no server: its own 503)
+        await wait_for(lambda: all(server_state(proxy, n) == "UP" for n in ("gpu0", "gpu1")), "both workers UP")
 
 
-async def run(url: str, workers: list[Worker], args) -> list[ResumingStream]:
+async def run(url: str, proxy: Haproxy, workers: list[Worker], args) -> list[ResumingStream]:
     seconds = args.seconds
     streams = [
         ResumingStream(url, np.random.default_rng(i).standard_normal(int(seconds * RATE)).astype(np.float32) * 0.1, 99)
         for i in range(args.streams)
     ]
     tasks = [asyncio.create_task(s.run()) for s in streams]
-    await rounds(url, workers, streams, args)
+    await rounds(proxy, workers, streams, args)
     await asyncio.gather(*tasks)
     return streams
 
@@ -84,7 +87,7 @@ def main() -> None:
         env = {"METIS_WORKER0": workers[0].address, "METIS_WORKER1": workers[1].address}
         proxy = Haproxy(folder, HAPROXY_CFG, env)
         try:
-            streams = asyncio.run(run(f"ws://127.0.0.1:{proxy.port}/v1/stream", workers, args))
+            streams = asyncio.run(run(f"ws://127.0.0.1:{proxy.port}/v1/stream", proxy, workers, args))
         finally:
             proxy.stop()
             for worker in workers:

@@ -43,7 +43,10 @@ def test_compose_runs_a_worker_per_gpu_behind_the_balancer():
     assert sorted(v.split(":")[0] for v in env.values()) == sorted(workers)
     parser = build_parser()
     for worker in workers.values():
-        parser.parse_args([a.replace("${METIS_PUBLIC_HOST:-localhost}", "localhost") for a in worker["command"]])
+        args = parser.parse_args([a.replace("${METIS_PUBLIC_HOST:-localhost}", "localhost") for a in worker["command"]])
+        # every worker signs and opens resume tokens with the one shared key (a stream moves between them)
+        assert str(args.resume_key_file) == "/run/secrets/metis_resume_key", args.resume_key_file
+        assert "metis_resume_key" in worker["secrets"] and "metis_resume_key" in compose["secrets"]
 
 
 def test_kubernetes_workers_and_balancer_agree():
@@ -67,6 +70,11 @@ def test_kubernetes_workers_and_balancer_agree():
     namespace = kustomization["namespace"]
     expected = {f"metis-worker-{i}.metis-worker.{namespace}.svc.cluster.local:8765" for i in range(len(env))}
     assert set(env.values()) == expected and workers["spec"]["replicas"] == len(env)
-    build_parser().parse_args(
+    args = build_parser().parse_args(
         [a.replace("$(METIS_PUBLIC_HOST)", "x").replace("$(POD_NAME)", "p") for a in container["args"]]
     )
+    # the shared resume key comes from the secret mounted at /secrets, which the kustomization fills
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert args.resume_key_file.parent.as_posix() == mounts["secrets"]
+    files = [f.split("=")[0] for g in kustomization["secretGenerator"] for f in g["files"]]
+    assert args.resume_key_file.name in files
