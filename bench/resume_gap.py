@@ -56,8 +56,9 @@ async def rounds(proxy: Haproxy, workers: list[Worker], streams: list[ResumingSt
         await asyncio.to_thread(fresh.wait_ready)
         workers[victim] = fresh
         # the next kill waits until HAProxy's health checks have the fresh worker UP again (two workers dying
-        # before the balancer saw the first one return leave it no server: its own 503)
-        await wait_for(lambda: all(server_state(proxy, n) == "UP" for n in ("gpu0", "gpu1")), "both workers UP")
+        # before the balancer saw the first one return leave it no server: its own 503). The survivor may read
+        # DOWN meanwhile: holding every stream, it is full, and /readyz says so.
+        await wait_for(lambda v=victim: server_state(proxy, f"gpu{v}") == "UP", "the fresh worker UP")
 
 
 async def run(url: str, proxy: Haproxy, workers: list[Worker], args) -> list[ResumingStream]:
