@@ -21,10 +21,16 @@ const WARNING_SHOW_MS = 5000; // a server warning stays this long after the last
 const UPLOAD = "__upload__"; // the voice list's "reference file" entry
 const TASK_NEEDS_VOICE = { se: false, tse: true, vc: true };
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+// Moving a stream to another worker (docs/protocol.md, "Resume"): as metis_rt/clients/resume.py.
+const RESUMABLE_CLOSE_CODES = [1006, 1012, 1013]; // connection lost (or refused upgrade), service restart, busy
+const RECONNECT_BASE_MS = 50; // waits: min(cap, base * 2^attempt) * U(0.5, 1), at most the total in all
+const RECONNECT_CAP_MS = 2000;
+const RECONNECT_TOTAL_MS = 30000;
+const HOLD_INPUT_S = 10; // un-acknowledged input kept for a resume; beyond it the oldest is dropped (counted)
 
 // What a test (or a curious person in the console) can read back.
 const test = {
-  state: "idle", // idle | starting | running | stopping | stopped | error
+  state: "idle", // idle | starting | running | resuming | stopping | stopped | error
   framesReceived: 0,
   samplesReceived: 0,
   recorded: [], // Float32Array chunks of received audio, the newest RECORD_LIMIT_S seconds
@@ -37,6 +43,15 @@ const test = {
   blocksDropped: 0,
   bufferedMs: 0,
   underruns: 0,
+  checkpoints: 0, // session.checkpoint events received
+  moves: 0, // reconnections that continued the stream (session.resumed)
+  restarts: 0, // reconnections that had to start a new stream (no checkpoint, or the resume was refused)
+  resumeGapMs: null, // resume_gap_ms of the last session.resumed
+  inputSamples: 0, // the stream's input so far (sent, or held to send after a move)
+  outputSamples: 0, // the stream's output kept (without the repeats after a move)
+  outputRepeated: 0, // output samples received again after a move, and discarded
+  heldDropped: 0, // un-acknowledged input given up to stay within HOLD_INPUT_S
+  overloadMs: 0, // input the server dropped (overload warnings)
 };
 window.metisTest = test;
 
@@ -60,6 +75,7 @@ const ui = {
   statusLine: $("status-line"),
   error: $("error"),
   warning: $("warning"),
+  move: $("move-status"),
   inLevel: $("in-level"),
   outLevel: $("out-level"),
   engineShown: $("st-engine"),
@@ -72,10 +88,11 @@ const ui = {
     total: $("st-total"),
     underruns: $("st-underruns"),
     received: $("st-received"),
+    moves: $("st-moves"),
   },
 };
 
-let session = null; // {ws, ctx, stream, capture, playback, stopTimer, recordedSamples}
+let session = null; // {ws, ctx, stream, capture, playback, stopTimer, recordedSamples, and the stream's progress}
 let levels = { input: 0, output: 0 };
 let lastUpdateAt = 0;
 let warningTimer = null;
@@ -143,9 +160,9 @@ function microphoneMessage(err) {
 // ----------------------------------------------------------------------------- state and display
 function setState(state) {
   test.state = state;
-  const active = state === "starting" || state === "running" || state === "stopping";
+  const active = ["starting", "running", "resuming", "stopping"].includes(state);
   ui.start.disabled = active;
-  ui.stop.disabled = !(state === "starting" || state === "running");
+  ui.stop.disabled = !["starting", "running", "resuming"].includes(state);
   ui.task.disabled = active;
   ui.engine.disabled = active;
   ui.token.disabled = active;
@@ -163,6 +180,12 @@ function clearMessages() {
   test.lastError = null;
   ui.error.hidden = true;
   ui.warning.hidden = true;
+  ui.move.hidden = true;
+}
+
+function showMove(message) {
+  ui.move.textContent = message;
+  ui.move.hidden = false;
 }
 
 function showWarning(message) {
@@ -189,6 +212,7 @@ function render() {
   s.total.textContent = ms(total);
   s.underruns.textContent = String(test.underruns);
   s.received.textContent = test.sampleRate ? `${(test.samplesReceived / test.sampleRate).toFixed(1)} s` : "–";
+  s.moves.textContent = String(test.moves + test.restarts);
   ui.state.textContent = test.state;
   ui.state.dataset.state = test.state;
   ui.inLevel.style.width = `${meterPercent(levels.input)}%`;
@@ -203,6 +227,8 @@ function statusText(algorithmic, serverLatency, total) {
       return "Ready. Pick a task and press Start.";
     case "starting":
       return "Connecting…";
+    case "resuming":
+      return "Connection lost — resuming…";
     case "stopping":
       return "Stopping: receiving the last audio…";
     case "stopped":
@@ -213,6 +239,7 @@ function statusText(algorithmic, serverLatency, total) {
   const parts = [`Live at ${test.sampleRate} Hz`, `algorithmic ${ms(algorithmic)}`];
   if (stats) parts.push(`server ${ms(serverLatency)}`, `RTF ${stats.rtf.toFixed(2)}`, `dropped ${ms(stats.dropped_ms)}`);
   parts.push(`buffer ${ms(test.bufferedMs)}`, `≈ ${ms(total)} total`, `${test.underruns} underruns`);
+  if (test.moves + test.restarts) parts.push(`moved ${test.moves + test.restarts}×`);
   return parts.join(" · ");
 }
 
@@ -277,6 +304,8 @@ async function start() {
   clearMessages();
   Object.assign(test, { framesReceived: 0, samplesReceived: 0, recorded: [], lastStats: null, ready: null });
   Object.assign(test, { lastWarning: null, blocksSent: 0, blocksDropped: 0, bufferedMs: 0, underruns: 0 });
+  Object.assign(test, { checkpoints: 0, moves: 0, restarts: 0, resumeGapMs: null, inputSamples: 0, outputSamples: 0 });
+  Object.assign(test, { outputRepeated: 0, heldDropped: 0, overloadMs: 0 });
   const task = ui.task.value;
   setState("starting");
   let voice;
@@ -291,7 +320,7 @@ async function start() {
       `The microphone is only available to secure pages: open this client via https:// or http://localhost (this page is ${location.origin}).`,
     );
   }
-  session = { recordedSamples: 0 };
+  session = { recordedSamples: 0, task, voice, url: streamUrl(ui.token.value.trim()), ...newStream() };
   try {
     session.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
@@ -304,7 +333,23 @@ async function start() {
   } catch (err) {
     return fail("audio", `Cannot start audio processing: ${err.message}`);
   }
-  openSocket(session, task, voice);
+  session.renderTimer = setInterval(render, RENDER_INTERVAL_MS);
+  openSocket(session);
+}
+
+function newStream() {
+  // Positions are absolute sample indices from the stream's start (input rate = output rate = the context's).
+  return {
+    checkpoint: null, // the latest session.checkpoint
+    held: [], // Float32Array blocks of input from heldStart to inputEnd: not acknowledged, or not sent yet
+    heldStart: 0,
+    inputEnd: 0,
+    sentEnd: 0, // input sent on the current socket up to here
+    outputPos: 0, // position of the next output sample to arrive
+    outputEnd: 0, // output kept (played) up to here
+    awaiting: "start", // the handshake in flight: "start" | "resume" | null (streaming)
+    backoff: { attempt: 0, waitedMs: 0 },
+  };
 }
 
 async function openAudio(s) {
@@ -340,45 +385,132 @@ async function openAudio(s) {
   s.playback.connect(s.ctx.destination);
 }
 
-function openSocket(s, task, voice) {
-  const rate = s.ctx.sampleRate;
-  s.ws = new WebSocket(streamUrl(ui.token.value.trim()));
-  s.ws.binaryType = "arraybuffer";
-  s.ws.onopen = () => {
-    s.ws.send(
-      JSON.stringify({
-        type: "session.start",
-        protocol: PROTOCOL_VERSION,
-        task,
-        sample_rate: rate,
-        format: "f32le",
-        channels: 1,
-        output_sample_rate: rate,
-        ...voice,
-        engine: ui.engine.value,
-        options: { bypass: ui.bypass.checked, mix: Number(ui.mix.value), ...strengthOption() },
-      }),
-    );
+function openSocket(s) {
+  const ws = new WebSocket(s.url);
+  s.ws = ws;
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => ws.send(s.checkpoint ? resumeMessage(s) : startMessage(s));
+  ws.onmessage = (event) => {
+    if (typeof event.data === "string") onEvent(s, JSON.parse(event.data));
+    else onAudio(s, event.data);
   };
-  s.ws.onmessage = (event) => (typeof event.data === "string" ? onEvent(s, JSON.parse(event.data)) : onAudio(s, event.data));
-  s.ws.onclose = (event) => onClose(s, event);
-  s.renderTimer = setInterval(render, RENDER_INTERVAL_MS);
+  ws.onclose = (event) => ws === s.ws && onClose(s, event);
+}
+
+function startMessage(s) {
+  s.awaiting = "start";
+  const rate = s.ctx.sampleRate;
+  return JSON.stringify({
+    type: "session.start",
+    protocol: PROTOCOL_VERSION,
+    task: s.task,
+    sample_rate: rate,
+    format: "f32le",
+    channels: 1,
+    output_sample_rate: rate,
+    ...s.voice,
+    engine: ui.engine.value,
+    options: { bypass: ui.bypass.checked, mix: Number(ui.mix.value), ...strengthOption() },
+  });
+}
+
+function resumeMessage(s) {
+  s.awaiting = "resume";
+  return JSON.stringify({ type: "session.resume", protocol: PROTOCOL_VERSION, token: s.checkpoint.token });
 }
 
 function sendBlock(s, block) {
   levels.input = rms(block);
-  if (test.state !== "running" || s.ws.readyState !== WebSocket.OPEN) return;
+  if (test.state === "resuming" || (test.state === "running" && s.ws.readyState !== WebSocket.OPEN)) {
+    holdInput(s, block); // sent once the stream has moved
+    return;
+  }
+  if (test.state !== "running") return;
   if (s.ws.bufferedAmount > MAX_SEND_BACKLOG_S * s.ctx.sampleRate * 4) {
     test.blocksDropped += 1; // the network cannot keep up: drop instead of queueing without bound
     return;
   }
   s.ws.send(pcmBytes(block));
+  holdInput(s, block);
+  s.sentEnd = s.inputEnd;
   test.blocksSent += 1;
 }
 
+// ----------------------------------------------------------------------------- moving the stream
+function holdInput(s, block) {
+  s.held.push(block);
+  s.inputEnd += block.length;
+  test.inputSamples = s.inputEnd;
+  while (s.inputEnd - s.heldStart > HOLD_INPUT_S * s.ctx.sampleRate) {
+    const oldest = s.held.shift(); // overload policy: a resume after this reports a gap
+    s.heldStart += oldest.length;
+    test.heldDropped += oldest.length;
+  }
+}
+
+function ackInput(s, acked) {
+  // The server holds everything before `acked`: forget it.
+  while (s.held.length && s.heldStart + s.held[0].length <= acked) s.heldStart += s.held.shift().length;
+  if (s.held.length && acked > s.heldStart) {
+    s.held[0] = s.held[0].slice(acked - s.heldStart); // a copy: pcmBytes sends the whole buffer
+    s.heldStart = acked;
+  }
+}
+
+function onStreamReady(s, message) {
+  // session.ready or session.resumed: send the input the server does not have, expect output from its position.
+  ackInput(s, message.input_samples_acked ?? 0);
+  for (const block of s.held) s.ws.send(pcmBytes(block));
+  s.sentEnd = s.inputEnd;
+  s.outputPos = message.output_samples ?? 0;
+  s.awaiting = null;
+  if (message.type === "session.resumed") {
+    test.moves += 1;
+    test.resumeGapMs = message.resume_gap_ms;
+    showMove(`Resumed (gap ${Math.round(message.resume_gap_ms)} ms): the stream moved ${test.moves}×.`);
+    s.ws.send(JSON.stringify({ type: "session.update", ...mixOptions() })); // changed since the checkpoint?
+  } else if (test.state === "resuming") {
+    showMove("Reconnected: the stream could not be resumed, so a new one started.");
+  }
+}
+
+function restartStream(s) {
+  // No checkpoint to resume from: a new stream (session.start) that begins with the input the old one never got.
+  // The output played so far stays played.
+  ackInput(s, s.sentEnd);
+  Object.assign(s, { inputEnd: s.inputEnd - s.heldStart, heldStart: 0, sentEnd: 0, outputPos: 0, outputEnd: 0 });
+  s.checkpoint = null;
+  Object.assign(test, { inputSamples: s.inputEnd, outputSamples: 0, restarts: test.restarts + 1 });
+}
+
+function reconnect(s, why, retryAfterS = 0) {
+  const b = s.backoff;
+  if (b.waitedMs >= RECONNECT_TOTAL_MS) {
+    showError("resume_failed", `The connection was lost (${why}) and no server took the stream over within ${RECONNECT_TOTAL_MS / 1000} s.`);
+    finish(s, "error");
+    return;
+  }
+  let waitMs = Math.min(RECONNECT_CAP_MS, RECONNECT_BASE_MS * 2 ** b.attempt) * (0.5 + Math.random() / 2);
+  waitMs = Math.min(Math.max(waitMs, Math.min(retryAfterS * 1000, RECONNECT_CAP_MS)), RECONNECT_TOTAL_MS - b.waitedMs);
+  b.attempt += 1;
+  b.waitedMs += waitMs;
+  showMove(`Connection lost (${why}) — resuming…`);
+  setState("resuming");
+  s.reconnectTimer = setTimeout(() => openSocket(s), waitMs);
+}
+
 function onAudio(s, buffer) {
-  const samples = pcmSamples(buffer);
+  let samples = pcmSamples(buffer);
   test.framesReceived += 1;
+  const repeated = Math.min(samples.length, Math.max(0, s.outputEnd - s.outputPos));
+  s.outputPos += samples.length;
+  if (repeated) {
+    test.outputRepeated += repeated; // played before the move: the new worker produces it again
+    samples = samples.slice(repeated);
+    if (!samples.length) return;
+  }
+  s.outputEnd = s.outputPos;
+  test.outputSamples = s.outputEnd;
   test.samplesReceived += samples.length;
   test.recorded.push(samples);
   s.recordedSamples += samples.length;
@@ -390,6 +522,8 @@ function onAudio(s, buffer) {
 function onEvent(s, message) {
   switch (message.type) {
     case "session.ready":
+    case "session.resumed":
+      onStreamReady(s, message);
       test.ready = message;
       ui.engineShown.textContent = message.engine || "metis";
       ui.strengthRow.hidden = !CPU_ENGINES.includes(message.engine);
@@ -398,16 +532,30 @@ function onEvent(s, message) {
     case "stats":
       test.lastStats = message;
       break;
+    case "session.checkpoint":
+      s.checkpoint = message;
+      ackInput(s, message.input_samples_acked);
+      s.backoff = { attempt: 0, waitedMs: 0 }; // the stream makes progress here
+      test.checkpoints += 1;
+      break;
     case "warning":
       test.lastWarning = message;
+      if (message.code === "overload") test.overloadMs += message.dropped_ms;
       showWarning(`Server warning (${message.code}): ${message.message}`);
       break;
     case "error":
+      if (s.awaiting === "resume") {
+        showWarning(`The server refused to resume the stream (${message.code}): starting a new one.`);
+        restartStream(s);
+        s.ws.send(startMessage(s)); // the connection stays open for a session.start
+        break;
+      }
       showError(message.code, `Server error (${message.code}): ${message.message}`);
-      if (test.state === "starting") s.ws.close(); // the handshake failed: nothing to keep open
+      if (s.awaiting) s.ws.close(); // the handshake failed: nothing to keep open
       break;
     case "busy":
-      showError("busy", `The server is busy (all sessions taken). Try again in ${message.retry_after_s} s.`);
+      if (test.state === "resuming") s.retryAfterS = message.retry_after_s; // the close (1013) that follows retries
+      else showError("busy", `The server is busy (all sessions taken). Try again in ${message.retry_after_s} s.`);
       break;
     default: // session.updated, flushed: nothing to show
       break;
@@ -421,8 +569,14 @@ function onClose(s, event) {
     finish(s, "stopped");
     return;
   }
+  const why = event.reason ? `${event.code} ${event.reason}` : `code ${event.code}`;
+  if ((test.state === "running" || test.state === "resuming") && RESUMABLE_CLOSE_CODES.includes(event.code)) {
+    if (!s.checkpoint && s.awaiting === null) restartStream(s); // the next connection sends session.start
+    reconnect(s, why, s.retryAfterS);
+    s.retryAfterS = 0;
+    return;
+  }
   if (!test.lastError) {
-    const why = event.reason ? `${event.code} ${event.reason}` : `code ${event.code}`;
     const hint = test.ready ? "" : " Check that the server is running and, if it needs one, the token.";
     showError("closed", `The connection closed unexpectedly (${why}).${hint}`);
     if (!test.ready) explainRefusal();
@@ -466,6 +620,7 @@ function fail(code, message) {
 
 function finish(s, state) {
   clearTimeout(s.stopTimer);
+  clearTimeout(s.reconnectTimer);
   clearInterval(s.renderTimer);
   s.stream?.getTracks().forEach((track) => track.stop());
   if (s.ws && s.ws.readyState <= WebSocket.OPEN) s.ws.close();
