@@ -1,5 +1,6 @@
 """The browser client (metis_rt/server/web) end to end: headless Chromium, a fake microphone playing a WAV file,
 the real server on tiny models. Chromium is driven over the DevTools protocol (CDP) with the ``websockets`` package.
+The page also moves its stream by itself when its connection is lost (session.checkpoint / session.resume).
 
 Needs Debian's ``chromium`` package (CI installs it); without it the test fails and says so.
 """
@@ -12,7 +13,6 @@ import itertools
 import json
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,6 +23,7 @@ import soxr
 import websockets
 
 from .conftest import EXAMPLES_DIR
+from .realparts import ServerThread
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 TOKEN = "web-test-token"
@@ -35,6 +36,10 @@ MIN_RECEIVED_S = 0.5  # processed audio the page must have received
 MIN_RMS = 1e-3  # "not silent"
 MIN_PNG_BYTES = 5000
 SCREENSHOT_COPY = Path("/tmp/metis_web.png")  # for a person to look at
+RESUME_KEY = "web-test-resume-key-of-at-least-32-bytes"
+CHECKPOINTS_BEFORE_LOSS = 2
+LOSS_AFTER_CHECKPOINT_S = 0.5  # output the page received after the checkpoint comes again from the resumed stream
+MIN_AFTER_RESUME_S = 1.0  # output the resumed stream must produce
 
 # Resolves (inside the page) once enough audio came back, or as soon as the page reports an error.
 WAIT_FOR_AUDIO_JS = """
@@ -88,28 +93,22 @@ def find_browser() -> str:
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def web_server(combined_model_dir):
-    """The real server (SE only, one token) on 127.0.0.1:<free port>, in a thread of this process."""
+def web_thread(combined_model_dir, tmp_path_factory) -> ServerThread:
+    """The real server (SE only, one token, a resume key) on 127.0.0.1:<free port>, in a thread of this process."""
     from metis_rt.server.main import build_parser, build_server
 
-    args = build_parser().parse_args(
-        ["--model-dir", str(combined_model_dir), "--port", "0", "--tasks", "se", "--deterministic", "--token", TOKEN]
-    )
-    server = build_server(args)
-    ready = threading.Event()
-    loop_box: list[asyncio.AbstractEventLoop] = []
+    key_file = tmp_path_factory.mktemp("resume") / "keys"
+    key_file.write_text(RESUME_KEY + "\n")
+    args = ["--model-dir", str(combined_model_dir), "--port", "0", "--tasks", "se", "--deterministic"]
+    args += ["--token", TOKEN, "--resume-key-file", str(key_file)]
+    thread = ServerThread(build_server(build_parser().parse_args(args)), SERVER_START_S)
+    yield thread
+    thread.stop()
 
-    async def serve() -> None:
-        loop_box.append(asyncio.get_running_loop())
-        await server.run(host="127.0.0.1", port=0, on_ready=lambda _port: ready.set())
 
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="metis-server", daemon=True)
-    thread.start()
-    if not ready.wait(SERVER_START_S):
-        pytest.fail(f"the server did not become ready within {SERVER_START_S:g} s")
-    yield server
-    loop_box[0].call_soon_threadsafe(server.stop)
-    thread.join(timeout=15)
+@pytest.fixture(scope="module")
+def web_server(web_thread):
+    return web_thread.server
 
 
 @pytest.fixture
@@ -275,21 +274,10 @@ def cpu_web_server(tmp_path_factory):
     from metis_rt.server.main import build_parser, build_server
 
     empty = tmp_path_factory.mktemp("no-weights")
-    server = build_server(build_parser().parse_args(["--model-dir", str(empty), "--port", "0", "--token", TOKEN]))
-    ready = threading.Event()
-    loop_box: list[asyncio.AbstractEventLoop] = []
-
-    async def serve() -> None:
-        loop_box.append(asyncio.get_running_loop())
-        await server.run(host="127.0.0.1", port=0, on_ready=lambda _port: ready.set())
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="metis-cpu-server", daemon=True)
-    thread.start()
-    if not ready.wait(SERVER_START_S):
-        pytest.fail(f"the server did not become ready within {SERVER_START_S:g} s")
-    yield server
-    loop_box[0].call_soon_threadsafe(server.stop)
-    thread.join(timeout=15)
+    args = build_parser().parse_args(["--model-dir", str(empty), "--port", "0", "--token", TOKEN])
+    thread = ServerThread(build_server(args), SERVER_START_S)
+    yield thread.server
+    thread.stop()
 
 
 ENGINE_UI_JS = """
@@ -341,3 +329,98 @@ def test_browser_picks_the_cpu_engine_and_sets_its_strength(cpu_web_server, fake
     }, ui
     assert strengths == [20.0]
     assert final_state == "stopped"
+
+
+# ----------------------------------------------------------------------------- moving the stream
+WAIT_UNTIL_JS = """
+new Promise((resolve) => {
+  const t = window.metisTest;
+  const check = () => ((%s) || t.lastError || t.state === "error" ? resolve(true) : setTimeout(check, 100));
+  check();
+})
+"""
+# Every text the move status shows, in order (the "resuming…" one lasts only as long as the move).
+WATCH_MOVE_STATUS_JS = """
+(() => {
+  const element = document.getElementById("move-status");
+  window.moveTexts = [];
+  new MutationObserver(() => window.moveTexts.push(element.hidden ? "" : element.textContent))
+    .observe(element, { childList: true, characterData: true, subtree: true, attributes: true });
+})()
+"""
+MOVE_SUMMARY_JS = """
+(() => {
+  const t = window.metisTest;
+  const pick = ["state", "checkpoints", "moves", "restarts", "resumeGapMs", "inputSamples", "outputSamples",
+                "outputRepeated", "heldDropped", "overloadMs", "samplesReceived", "sampleRate", "lastError"];
+  return {
+    ...Object.fromEntries(pick.map((k) => [k, t[k]])),
+    resumes: t.lastStats && t.lastStats.resumes, moveTexts: window.moveTexts,
+    moveShown: document.getElementById("move-status").textContent,
+    movesShown: document.getElementById("st-moves").textContent,
+  };
+})()
+"""
+
+
+async def _until(condition, what: str, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"{what} within {timeout_s:g} s"
+        await asyncio.sleep(0.05)
+    return found
+
+
+def test_browser_resumes_its_stream_when_the_connection_is_lost(web_thread, fake_mic_wav, tmp_path):
+    """The server aborts the page's socket mid-stream (a lost worker: close 1006); the page reconnects with
+    session.resume, re-sends the input the checkpoint did not hold, drops the output it already played, says so,
+    and the stream goes on: after the stop, the output it kept is exactly as long as the input it sent."""
+    server = web_thread.server
+    browser = Browser(fake_mic_wav, tmp_path)
+
+    async def body():
+        async with websockets.connect(browser.page_socket_url(), max_size=None) as ws:
+            page = Page(ws)
+            await page.call("Runtime.enable")
+            await page.open(f"http://127.0.0.1:{server.port}/?autostart=1&task=se&token={TOKEN}")
+            await page.evaluate(WATCH_MOVE_STATUS_JS)
+
+            def checkpointed():
+                return next((c for c in list(server.connections) if c.checkpoints_sent >= CHECKPOINTS_BEFORE_LOSS), 0)
+
+            conn = await _until(checkpointed, f"{CHECKPOINTS_BEFORE_LOSS} checkpoints", AUDIO_WAIT_S)
+            await asyncio.sleep(LOSS_AFTER_CHECKPOINT_S)
+            web_thread.loop.call_soon_threadsafe(conn.ws.transport.abort)
+            await page.evaluate(WAIT_UNTIL_JS % "t.moves >= 1", timeout_s=AUDIO_WAIT_S)
+            moved_at = (await page.evaluate(MOVE_SUMMARY_JS))["outputSamples"]
+            more = f"t.outputSamples >= {moved_at} + {MIN_AFTER_RESUME_S} * t.sampleRate && t.lastStats.resumes >= 1"
+            await page.evaluate(WAIT_UNTIL_JS % more, timeout_s=AUDIO_WAIT_S)
+            await page.evaluate('document.getElementById("stop").click()')
+            await page.evaluate(WAIT_FOR_STOP_JS, timeout_s=STOP_WAIT_S)
+            crashes = [e["params"] for e in page.events if e["method"] == "Runtime.exceptionThrown"]
+            return await page.evaluate(MOVE_SUMMARY_JS), moved_at, crashes
+
+    try:
+        summary, moved_at, crashes = asyncio.run(body())
+    except (TimeoutError, AssertionError) as exc:
+        raise AssertionError(f"{exc!r}\nchromium log:\n{browser.log_tail()}") from exc
+    finally:
+        browser.close()
+    assert crashes == [], crashes
+    assert summary["lastError"] is None and summary["state"] == "stopped", summary
+    assert summary["moves"] == 1 and summary["restarts"] == 0 and summary["resumes"] == 1, summary
+    assert summary["resumeGapMs"] > 0 and summary["heldDropped"] == 0, summary
+    texts = [text for text in summary["moveTexts"] if text]
+    assert any(text.startswith("Connection lost (code 1006) — resuming") for text in texts), texts
+    resumed = f"Resumed (gap {round(summary['resumeGapMs'])} ms): the stream moved 1×."
+    assert texts[-1] == summary["moveShown"] == resumed, texts
+    assert summary["movesShown"] == "1"
+    rate = summary["sampleRate"]
+    assert summary["outputSamples"] >= moved_at + MIN_AFTER_RESUME_S * rate, summary
+    assert summary["outputRepeated"] > 0, summary  # the output between the checkpoint and the loss came twice
+    assert summary["samplesReceived"] == summary["outputSamples"], summary  # one stream: all it kept was played
+    dropped = round(summary["overloadMs"] * rate / 1000)  # input the server cut out (overload) has no output
+    if dropped == 0:  # what the page played is as long as what it sent: nothing lost, nothing twice
+        assert summary["samplesReceived"] == summary["inputSamples"], summary
+    else:
+        assert summary["inputSamples"] - dropped - rate // 50 <= summary["samplesReceived"] <= summary["inputSamples"]
