@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from metis_rt.bridge.app import stats_payload
-from metis_rt.bridge.backends import BridgeSettings, RemoteBackend
+from metis_rt.bridge.backends import BridgeSettings
+from metis_rt.bridge.remote import RemoteBackend
 from metis_rt.control.commands import SetMix, SetSteps
 from metis_rt.pipeline.components import load_components, resolve_config_for_tasks
 from metis_rt.server.app import MetisServer
@@ -60,13 +61,19 @@ def test_remote_state_reports_the_steps_the_server_runs(server_url):
 def test_stats_payload_takes_the_servers_median_latency():
     server_stats = {"type": "stats", "rtf": 0.4, "hop_compute_ms": 90.0, "queue_ms": 0.0, "dropped_ms": 0.0}
     backend = SimpleNamespace(
-        stats=lambda: {**server_stats, "latency_ms": 612.4, "hops": 9}, latency_ms=415.0, dropped_input_samples=0
+        stats=lambda: {**server_stats, "latency_ms": 612.4, "hops": 9},
+        latency_ms=415.0,
+        dropped_input_samples=0,
+        processing="raw",  # the stream is moving: the raw microphone plays
+        moves=1,
     )
     playout = SimpleNamespace(
         depth_ms=40.0, jitter=SimpleNamespace(underruns=0, played_samples=48000), rate=48000, fade=None
     )
     counters = SimpleNamespace(xruns=0, captured_samples=48000)
-    assert stats_payload(backend, playout, counters, 48000)["latency_ms_p50"] == 612.4
+    payload = stats_payload(backend, playout, counters, 48000)
+    assert payload["latency_ms_p50"] == 612.4
+    assert payload["processing"] == "raw" and payload["moves"] == 1
     backend.stats = lambda: {}
     assert stats_payload(backend, playout, counters, 48000)["latency_ms_p50"] is None  # nothing measured yet
     np.testing.assert_equal(stats_payload(backend, playout, counters, 48000)["rtf"], 0.0)

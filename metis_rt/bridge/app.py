@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from metis_rt.bridge.backends import BackendError, LocalBackend, RemoteBackend
+from metis_rt.bridge.backends import BackendError, LocalBackend
 from metis_rt.bridge.playout import DEFAULT_FADE_MS, Playout
+from metis_rt.bridge.remote import RemoteBackend
 from metis_rt.bridge.virtual_mic import VirtualMic
 from metis_rt.clients import devices as dev
 from metis_rt.clients.mic import key_command
@@ -143,6 +144,8 @@ def stats_payload(backend: Backend, playout: Playout, counters: BridgeCounters, 
         "xruns": counters.xruns,
         "captured_s": round(counters.captured_samples / input_rate, 2),
         "played_s": round(playout.jitter.played_samples / playout.rate, 2),
+        "processing": backend.processing,  # "raw": the raw microphone plays while the stream moves to another worker
+        "moves": backend.moves,
     }
 
 
@@ -154,6 +157,8 @@ class Bridge:
         self.playout = Playout(cfg.output_rate, cfg.max_buffer_ms, cfg.prefill_ms, cfg.fade_ms)
         self.monitor = Playout(cfg.output_rate, cfg.max_buffer_ms, cfg.prefill_ms, cfg.fade_ms) if cfg.monitor else None
         self.backend: Backend = backend_factory(self._on_processed)
+        if isinstance(self.backend, RemoteBackend):
+            self.backend.notice = self._notice
         self.counters = BridgeCounters()
         self.loop = asyncio.get_running_loop()
         self.quit = asyncio.Event()
@@ -212,6 +217,11 @@ class Bridge:
 
     def request_quit(self) -> None:
         self.quit.set()
+
+    def _notice(self, text: str) -> None:
+        """What the processing side wants the user to know (a move between workers): the status output and the log."""
+        log.info(text)
+        self.display.message(text)
 
     async def _fade_out(self) -> None:
         self.capturing = False
@@ -298,6 +308,8 @@ class Bridge:
             p = stats_payload(self.backend, self.playout, self.counters, self.cfg.input_rate)
             s = self.backend.settings
             mode = "BYPASS" if s.bypass else f"mix {s.mix:.1f}"
+            if p["processing"] == "raw":
+                mode = "RAW MIC (stream moving)"
             self.display.status(
                 f"{s.task}  latency {p['algorithmic_latency_ms']:.0f} ms  rtf {p['rtf']:.2f}  "
                 f"buffer {p['buffer_ms']:.0f} ms  underruns {p['underruns']}  dropped {p['dropped_ms']:.0f} ms  {mode}"

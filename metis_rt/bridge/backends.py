@@ -1,6 +1,7 @@
-"""Where the bridge's audio is processed: a metis-rt server (``RemoteBackend``) or an in-process engine
-(``LocalBackend``). Both take microphone blocks (``push``), deliver processed audio to ``on_output`` and apply
-control commands (``apply``) the same way, so the bridge above them does not care which one runs.
+"""Where the bridge's audio is processed: a metis-rt server (``RemoteBackend``, in ``remote.py``) or an in-process
+engine (``LocalBackend``, ``LocalDenoiserBackend``). All take microphone blocks (``push``), deliver processed audio to
+``on_output`` and apply control commands (``apply``) the same way, so the bridge above them does not care which one
+runs.
 
 Both keep :class:`BridgeSettings`, the settings in force: after a command they reflect what the processing side
 accepted (the local engine directly; the server when it answers ``session.updated``). A refused command raises
@@ -17,9 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed
 
-from metis_rt.clients import wire
 from metis_rt.config import OfficialConfig
 from metis_rt.control.commands import (
     Command,
@@ -46,9 +45,6 @@ from metis_rt.streaming.window import ReferenceTokens
 log = logging.getLogger(__name__)
 
 OnOutput = Callable[[np.ndarray], None]
-INPUT_QUEUE_BLOCKS = 50  # remote: microphone blocks waiting for the socket (1 s of 20 ms blocks); oldest dropped
-MAX_FRAME_MS = 200  # remote: queued blocks are coalesced into frames of at most this much audio
-SERVER_ANSWER_S = 10.0  # remote: how long a command waits for session.updated / error
 HEALTH_POLL_S = 0.2  # local: how often run() checks the session for an engine failure
 
 
@@ -89,6 +85,8 @@ class LocalBackend:
     """An engine thread of our own with one session; ``tasks`` are the tasks whose models were loaded."""
 
     dropped_input_samples = 0  # input is never queued outside the session (its own drops are in its metrics)
+    moves = 0  # an in-process engine never moves (a RemoteBackend's stream may)
+    processing = "processed"  # what the bridge plays: always the engine's output
 
     def __init__(
         self,
@@ -279,169 +277,3 @@ class LocalDenoiserBackend(LocalBackend):
         else:
             raise CommandError(f"engine {s.engine!r} only denoises: steps, voices and task switches need Metis")
         self.settings = new
-
-
-# ----------------------------------------------------------------------------- a metis-rt server
-class RemoteBackend:
-    """One WebSocket session on a metis-rt server (protocol v1, see docs/protocol.md)."""
-
-    def __init__(
-        self,
-        url: str,
-        settings: BridgeSettings,
-        input_rate: int,
-        output_rate: int,
-        on_output: OnOutput,
-        *,
-        token: str | None = None,
-        reference: bytes | None = None,
-        fmt: str = "f32le",
-    ):
-        self.url, self.token, self.fmt = url, token, fmt
-        self.settings = settings
-        self.input_rate, self.output_rate = input_rate, output_rate
-        self.on_output = on_output
-        self.reference = reference
-        self.ws = None
-        self.ready = None
-        self.server_stats: dict = {}
-        self.dropped_input_samples = 0
-        self._queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=INPUT_QUEUE_BLOCKS)
-        self._answer: asyncio.Future | None = None
-        self._command_lock = asyncio.Lock()
-        self._closing = False
-
-    @property
-    def latency_ms(self) -> float:
-        return self.ready.algorithmic_latency_ms
-
-    @property
-    def chunk_ms(self) -> int:
-        return self.ready.chunk_ms
-
-    async def start(self) -> None:
-        s = self.settings
-        options = {"mix": s.mix, "bypass": s.bypass}
-        if s.strength is not None:
-            options["strength"] = s.strength
-        if s.stage1_steps is not None:
-            options["stage1_steps"] = s.stage1_steps
-        if s.s2a_steps is not None:
-            options["s2a_steps"] = list(s.s2a_steps)
-        start = wire.start_message(
-            s.task,
-            self.input_rate,
-            self.fmt,
-            self.output_rate,
-            voice=s.voice if s.task in PROMPT_TASKS else None,
-            reference=self.reference if s.voice is None and s.task in PROMPT_TASKS else None,
-            options=options,
-            engine=s.engine,
-        )
-        try:
-            self.ws, self.ready = await wire.open_session(self.url, start, self.token)
-        except wire.ClientError as exc:
-            raise BackendError(str(exc)) from exc
-        in_force = with_steps(self.settings, self.ready.stage1_steps, self.ready.s2a_steps)  # the steps in force
-        self.settings = dataclasses.replace(in_force, engine=self.ready.engine)
-
-    def push(self, block: np.ndarray) -> None:
-        """Overload policy: when the socket cannot keep up the *oldest* block is dropped (counted)."""
-        if self._queue.full():
-            self.dropped_input_samples += len(self._queue.get_nowait())
-        self._queue.put_nowait(block)
-
-    async def run(self) -> None:
-        """Sends audio and reads the server until closed; raises ``BackendError`` if the server goes away."""
-        async with asyncio.TaskGroup() as tg:
-            sender = tg.create_task(self._send_loop(), name="bridge-sender")
-            await self._receive_loop()
-            sender.cancel()
-        if not self._closing:
-            raise BackendError(f"the server closed the session: {wire.close_description(self.ws)}")
-
-    async def _send_loop(self) -> None:
-        limit = MAX_FRAME_MS * self.input_rate // 1000
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                blocks = [await self._queue.get()]
-                while not self._queue.empty() and sum(map(len, blocks)) < limit:
-                    blocks.append(self._queue.get_nowait())
-                await self.ws.send(wire.encode_audio(np.concatenate(blocks), self.fmt))
-
-    async def _receive_loop(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for message in self.ws:
-                if isinstance(message, bytes):
-                    self.on_output(wire.decode_audio(message, self.fmt))
-                else:
-                    self._on_event(wire.parse_event(message))
-
-    def _on_event(self, event: dict) -> None:
-        kind = event["type"]
-        if kind == "stats":
-            self.server_stats = event
-        elif kind in ("session.updated", "error"):
-            if self._answer is not None and not self._answer.done():
-                self._answer.set_result(event)
-            elif kind == "error":
-                log.warning("server error %s: %s", event.get("code"), event.get("message"))
-        elif kind == "warning":
-            log.warning("server warning %s: %s", event.get("code"), event.get("message"))
-
-    def stats(self) -> dict:
-        return dict(self.server_stats)
-
-    async def close(self) -> None:
-        self._closing = True
-        if self.ws is not None:
-            await self.ws.close()
-
-    # --- commands ---------------------------------------------------------------------------------
-    async def apply(self, command: Command) -> None:
-        message, new = self._request(command)
-        async with self._command_lock:
-            self._answer = asyncio.get_running_loop().create_future()
-            try:
-                await self.ws.send(message)
-                async with asyncio.timeout(SERVER_ANSWER_S):
-                    answer = await self._answer
-            except ConnectionClosed:
-                raise CommandError("the server connection is closed") from None
-            except TimeoutError:
-                raise CommandError(f"the server did not answer within {SERVER_ANSWER_S:g} s") from None
-            finally:
-                self._answer = None
-        if answer["type"] == "error":
-            raise CommandError(f"the server refused it: {answer.get('code')}: {answer.get('message')}")
-        # the steps the server runs now (after a task switch: that task's defaults); an older server says nothing
-        self.settings = with_steps(
-            new, wire.reported_steps(answer.get("stage1_steps")), wire.reported_step_list(answer.get("s2a_steps"))
-        )
-
-    def _request(self, command: Command) -> tuple[str, BridgeSettings]:
-        """The ``session.update`` for ``command`` and the settings once the server accepted it."""
-        s = self.settings
-        if isinstance(command, SetBypass):
-            return wire.update_request({"bypass": command.enabled}), dataclasses.replace(s, bypass=command.enabled)
-        if isinstance(command, SetMix):
-            return wire.update_request({"mix": command.mix}), dataclasses.replace(s, mix=command.mix)
-        if isinstance(command, SetSteps):
-            options: dict = {}
-            if command.stage1 is not None:
-                options["stage1_steps"] = command.stage1
-            if command.s2a is not None:
-                options["s2a_steps"] = list(command.s2a)
-            new = dataclasses.replace(
-                s, stage1_steps=command.stage1 or s.stage1_steps, s2a_steps=command.s2a or s.s2a_steps
-            )
-            return wire.update_request(options), new
-        if isinstance(command, SetVoice):
-            return wire.update_request({}, voice=command.voice), dataclasses.replace(s, voice=command.voice)
-        if isinstance(command, SetStrength):
-            return wire.update_request({"strength": command.db}), dataclasses.replace(s, strength=command.db)
-        if isinstance(command, SetTask):
-            # the server starts the new task with its own default steps
-            new = dataclasses.replace(s, task=command.task, stage1_steps=None, s2a_steps=None)
-            return wire.update_request({}, task=command.task), new
-        raise CommandError(f"unsupported command {command!r}")  # pragma: no cover

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metis_rt.bridge import app
-from metis_rt.bridge.backends import BackendError, BridgeSettings, LocalBackend, RemoteBackend
+from metis_rt.bridge.backends import BackendError, BridgeSettings, LocalBackend
+from metis_rt.bridge.remote import MoveOptions, RemoteBackend
 from metis_rt.bridge.virtual_mic import DEFAULT_DESCRIPTION, DEFAULT_SINK_NAME, VirtualMic, describe_pulse_endpoints
 from metis_rt.clients import devices as dev
 from metis_rt.clients import wire
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU denoisers: attenuation limit in dB, 0 (none) .. 100 (unlimited, the default)",
     )
     p.add_argument("--token", help="bearer token for the server")
+    p.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="stop when the server connection is lost or drained (default: move the stream, playing the raw "
+        "microphone meanwhile)",
+    )
     p.add_argument("--task", choices=TASKS, default="se")
     voice = p.add_mutually_exclusive_group()
     voice.add_argument("--voice", help="a named voice (server voices, or --voices-dir with --local)")
@@ -278,7 +285,8 @@ def remote_factory(args, settings: BridgeSettings, rate: int, reference: bytes |
     url = wire.stream_url(args.server)
 
     def factory(on_output):
-        return RemoteBackend(url, settings, rate, rate, on_output, token=args.token, reference=reference)
+        move = MoveOptions(reconnect=not args.no_reconnect)
+        return RemoteBackend(url, settings, rate, rate, on_output, token=args.token, reference=reference, move=move)
 
     return factory
 

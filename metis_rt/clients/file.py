@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import sys
@@ -37,11 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from metis_rt.audio.files import read_audio, resample, to_mono, write_audio
-from metis_rt.clients import wire
-from metis_rt.clients.resume import RESUMABLE_CLOSE_CODES, RESUMABLE_HTTP_STATUS, Backoff
+from metis_rt.clients import reconnect, wire
+from metis_rt.clients.live_resume import Checkpoint, parse_checkpoint
+from metis_rt.clients.resume import Backoff
 from metis_rt.errors import AudioInputError, MetisError
 from metis_rt.server.protocol import FORMATS, MAX_FRAME_S, MAX_RATE, MIN_RATE, TASKS, SessionResumed
 
@@ -108,13 +110,6 @@ def load_input(source: str | Path | np.ndarray, sample_rate: int | None, rate: i
     if not MIN_RATE <= target <= MAX_RATE:
         raise AudioInputError(f"the server takes {MIN_RATE}-{MAX_RATE} Hz; the input is {target} Hz: pass --rate")
     return resample(mono, native, target).astype(np.float32, copy=False), target
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    token: str
-    input_samples_acked: int
-    output_samples: int
 
 
 class _Stream:
@@ -253,32 +248,22 @@ class _Stream:
                         log.info("server %s %s: %s", kind, event.get("code"), event.get("message"))
 
     def _checkpoint(self, event: dict[str, Any]) -> None:
-        try:
-            self.checkpoint = Checkpoint(
-                str(event["token"]), int(event["input_samples_acked"]), int(event["output_samples"])
-            )
-        except (KeyError, TypeError, ValueError):
+        checkpoint = parse_checkpoint(event)
+        if checkpoint is None:
             log.warning("ignoring a malformed session.checkpoint")
             return
+        self.checkpoint = checkpoint
         self.checkpoints += 1
+
+    def resume_token(self) -> str | None:
+        return None if self.checkpoint is None else self.checkpoint.token
+
+    def refused(self, exc: wire.ClientError) -> None:
+        """The new worker refused the token: start afresh."""
+        self.start_afresh()
 
     def output(self) -> np.ndarray:
         return np.concatenate(self.outputs) if self.outputs else np.zeros(0, dtype=np.float32)
-
-
-def _retry_after(exc: wire.ClientError) -> float | None:
-    """The wait a failed connection attempt asks for (0: none given), or None when retrying cannot help."""
-    if isinstance(exc, wire.ServerBusy):
-        return exc.retry_after_s
-    cause = exc.__cause__
-    if isinstance(cause, InvalidStatus):
-        if cause.response.status_code not in RESUMABLE_HTTP_STATUS:
-            return None
-        value = cause.response.headers.get("Retry-After", "")
-        return float(value) if value.isdigit() else 0.0
-    if isinstance(cause, (OSError, TimeoutError, ConnectionClosed)):
-        return 0.0
-    return None
 
 
 async def stream_file(
@@ -302,28 +287,18 @@ async def stream_file(
     began = time.perf_counter()
     stream = _Stream(x, rate, out_rate, opts)
     backoff = Backoff(max_total_s=opts.reconnect_max_s, seed=opts.backoff_seed)
-    attempt = 0
-    while True:
-        target = wire.stream_url(urls[attempt % len(urls)])
-        attempt += 1
-        message = start if stream.checkpoint is None else wire.resume_message(stream.checkpoint.token)
-        try:
-            ws, ready = await wire.open_session(target, message, token)
-        except wire.ServerRejected as exc:
-            if stream.checkpoint is None:
-                raise
-            log.warning("%s refused the resume (%s): starting afresh", target, exc)
-            stream.start_afresh()
-            continue
-        except wire.ClientError as exc:
-            await _wait_to_retry(opts, backoff, _retry_after(exc), exc)
-            continue
+    for offset in itertools.count():
+        order = urls[offset % len(urls) :] + urls[: offset % len(urls)]  # a move goes to the next worker first
+        if opts.reconnect:
+            ws, ready = await reconnect.reopen(order, start, stream.resume_token, stream.refused, backoff, token)
+        else:
+            ws, ready = await wire.open_session(wire.stream_url(order[0]), start, token)
         checkpoints_before = stream.checkpoints
         async with ws:
             stream.attach(ws, ready)
             if await stream.run():
                 break
-        if not (opts.reconnect and ws.close_code in RESUMABLE_CLOSE_CODES):
+        if not (opts.reconnect and reconnect.should_move(ws.close_code)):
             raise stream.closed_early()
         if stream.checkpoints > checkpoints_before:
             backoff.succeeded()  # the stream made progress on that worker
@@ -331,18 +306,9 @@ async def stream_file(
         stream.moves += 1
         if stream.checkpoint is None:
             stream.start_afresh()
-        await _wait_to_retry(opts, backoff, 0.0, stream.closed_early())
+        await reconnect.wait_to_retry(backoff, 0.0, stream.closed_early())
     out = stream.output()
     return out, _report(stream, stream.ready, opts, time.perf_counter() - began)
-
-
-async def _wait_to_retry(opts: FileStreamOptions, backoff: Backoff, retry_after: float | None, exc: Exception) -> None:
-    if not opts.reconnect or retry_after is None:
-        raise exc
-    wait = backoff.next_wait_s(retry_after or None)
-    if wait is None:
-        raise wire.ClientError(f"gave up reconnecting after {opts.reconnect_max_s:g} s of waiting: {exc}") from exc
-    await asyncio.sleep(wait)
 
 
 def _report(stream: _Stream, ready: wire.Ready, opts: FileStreamOptions, wall_s: float) -> dict[str, Any]:

@@ -6,16 +6,23 @@ Threads: PortAudio runs the input callback (copies each block and hands it to th
 ``call_soon_threadsafe``; also feeds the optional monitor), the output callback (reads the jitter buffer,
 never waits) and the monitor's output callback. Everything else is one asyncio TaskGroup:
 
-- ``sender``: takes blocks from a bounded ``asyncio.Queue`` (``INPUT_QUEUE_MS`` of audio; when full the *oldest*
+- ``sender``: takes blocks from a bounded queue (``INPUT_QUEUE_MS`` of audio; when full the *oldest*
   block is dropped and counted), coalesces what is waiting into one frame, sends it; sends ``session.end``
-  after the last block;
+  after the last block (:class:`~metis_rt.clients.uplink.Uplink`);
 - ``receiver`` (the group's body): output frames go into the jitter buffer (bounded, drop-oldest, counted);
-  ``stats``/``warning``/``error`` events update the status line or are shown;
+  ``stats``/``warning``/``error`` events update the status line or are shown; ``session.checkpoint`` is kept;
 - ``status``: redraws the status line; ``keys`` (stdin is a TTY): ``b`` bypass, ``m``/``M`` mix, ``q`` quit;
 - ``closer``: on ``q``/SIGINT/SIGTERM stops the input and lets the sender end the session; closes the socket
   itself if the server has not closed it within ``QUIT_TIMEOUT_S`` (or at a second signal).
 
 When the receiver ends (the server closed the connection) the other tasks are cancelled.
+
+Moving between workers: when the connection is lost (1006), the worker drains (1012) or is busy (1013), the client
+reconnects to its URL (a balancer places the stream on a worker with room) with bounded, jittered backoff, sends
+``session.resume`` with the latest checkpoint, re-sends the microphone input the new worker has not seen (the
+microphone keeps capturing meanwhile) and drops the output it already played; the speakers are silent during the
+gap (the jitter buffer runs dry and prefills again). Without a checkpoint, or when the token is refused, a fresh
+session starts. ``--no-reconnect`` ends the client instead.
 """
 
 from __future__ import annotations
@@ -30,16 +37,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from metis_rt.clients import devices as dev
-from metis_rt.clients import wire
+from metis_rt.clients import reconnect, wire
 from metis_rt.clients.alsa_messages import route_alsa_messages
 from metis_rt.clients.jitter import JitterBuffer
+from metis_rt.clients.live_resume import LiveStream
+from metis_rt.clients.resume import Backoff
 from metis_rt.clients.terminal import StatusDisplay, cbreak_keys
+from metis_rt.clients.uplink import END, Uplink
 from metis_rt.errors import MetisError
-from metis_rt.server.protocol import FORMATS, MAX_RATE, MIN_RATE, TASKS
+from metis_rt.server.protocol import FORMATS, MAX_RATE, MIN_RATE, TASKS, SessionResumed
 
 log = logging.getLogger("metis_rt.clients.mic")
 
@@ -52,7 +61,6 @@ STATUS_INTERVAL_S = 0.5
 QUIT_TIMEOUT_S = 10.0  # after session.end, wait this long for the server to deliver the tail and close
 MIX_STEP = 0.1
 MAX_REFERENCE_BYTES = 6_000_000  # base64 makes 8 MB: within the server's default message limit (8 MiB)
-END = object()  # queue sentinel: the input has ended
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,8 @@ class MicConfig:
     mix: float = 1.0
     engine: str = "auto"  # auto | metis | deepfilternet3 | rnnoise (the server decides for auto)
     strength: float | None = None  # CPU denoisers: attenuation limit in dB (None: the engine's default)
+    reconnect: bool = True  # move the stream when its connection is lost or drained
+    reconnect_max_s: float = 30.0  # give up after waiting this long in total between attempts
 
 
 @dataclass
@@ -81,8 +91,9 @@ class ClientCounters:
 
     sent_samples: int = 0
     received_samples: int = 0
-    dropped_input_samples: int = 0  # input blocks dropped because the socket could not keep up
+    dropped_input_samples: int = 0  # input blocks dropped: the socket could not keep up, or a move took too long
     xruns: int = 0  # PortAudio input overflow / output underflow flags
+    moves: int = 0  # reconnections to another worker
     server_stats: dict = field(default_factory=dict)
 
 
@@ -118,6 +129,7 @@ def status_line(counters: ClientCounters, jitter: JitterBuffer, cfg: MicConfig, 
         f"{server}  dropped {s.get('dropped_ms', 0.0):.0f}+{dropped_client:.0f} ms  "
         f"buffer {depth_ms:.0f} ms  underruns {jitter.underruns}  "
         f"{'BYPASS' if bypass else 'mix ' + format(mix, '.1f')}"
+        + (f"  moves {counters.moves}" if counters.moves else "")
     )
 
 
@@ -128,6 +140,7 @@ def summary_line(counters: ClientCounters, jitter: JitterBuffer, cfg: MicConfig)
         f"underruns {jitter.underruns}, buffer overruns {jitter.overruns}, device xruns {counters.xruns}, "
         f"dropped {counters.dropped_input_samples * 1000 / cfg.input_rate:.0f} ms (client) "
         f"{counters.server_stats.get('dropped_ms', 0.0):.0f} ms (server)"
+        + (f", moves {counters.moves}" if counters.moves else "")
     )
 
 
@@ -145,7 +158,9 @@ class MicClient:
             if cfg.monitor_device is not None
             else None
         )
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, INPUT_QUEUE_MS // BLOCK_MS))
+        self.live = LiveStream(cfg.input_rate)
+        self.uplink = Uplink(self.live, INPUT_QUEUE_MS // BLOCK_MS, MAX_FRAME_MS * cfg.input_rate // 1000, cfg.fmt)
+        self.backoff = Backoff(max_total_s=cfg.reconnect_max_s)
         self.loop = asyncio.get_running_loop()
         self.quit = asyncio.Event()
         self.hurry = asyncio.Event()
@@ -154,8 +169,8 @@ class MicClient:
         self.main_task = asyncio.current_task()
         self.last_error: str | None = None
 
-    async def run(self) -> None:
-        start = wire.start_message(
+    def start_message(self) -> str:
+        return wire.start_message(
             self.cfg.task,
             self.cfg.input_rate,
             self.cfg.fmt,
@@ -165,8 +180,10 @@ class MicClient:
             options=start_options(self.cfg),
             engine=self.cfg.engine,
         )
+
+    async def run(self) -> None:
         with self._signals():
-            ws, ready = await wire.open_session(self.cfg.url, start, self.cfg.token)
+            ws, ready = await wire.open_session(self.cfg.url, self.start_message(), self.cfg.token)
             try:
                 # room for one server hop on top of the prefill, whatever --max-buffer-ms says
                 capacity_ms = max(self.cfg.max_buffer_ms, self.cfg.prefill_ms + 2 * ready.chunk_ms)
@@ -178,15 +195,23 @@ class MicClient:
                         f"{self.cfg.output_rate} Hz, algorithmic latency {ready.algorithmic_latency_ms:.0f} ms"
                     )
                     await self._serve(ws)
+                    while not self.quit.is_set() and self.cfg.reconnect and reconnect.should_move(ws.close_code):
+                        moved = await self._move(ws)
+                        if moved is None:
+                            break
+                        ws = moved
+                        await self._serve(ws)
             finally:
                 await ws.close()
+                self._sync_counters()
                 self.display.message(summary_line(self.counters, self.jitter, self.cfg))
+            self._check_close(ws)
 
     async def _serve(self, ws) -> None:
         """The connection's tasks; the receiver is the body: when the server closes, the rest is cancelled."""
         async with asyncio.TaskGroup() as tg:
             others = [
-                tg.create_task(self._send_loop(ws), name="sender"),
+                tg.create_task(self.uplink.send_loop(ws), name="sender"),
                 tg.create_task(self._status_loop(), name="status"),
                 tg.create_task(self._closer(ws), name="closer"),
             ]
@@ -195,7 +220,46 @@ class MicClient:
             await self._receive_loop(ws)
             for task in others:
                 task.cancel()
-        self._check_close(ws)
+
+    async def _move(self, lost):
+        """Reconnect and resume after a lost or drained connection: the new connection, or None if the user quit
+        meanwhile. Raises ClientError once the stream cannot move."""
+        self.uplink.moving()
+        self.display.message(f"server connection lost ({wire.close_description(lost)}): moving the stream")
+        reopening = asyncio.create_task(self._reopen(lost))
+        quitting = asyncio.create_task(self.quit.wait())
+        await asyncio.wait({reopening, quitting}, return_when=asyncio.FIRST_COMPLETED)
+        quitting.cancel()
+        if not reopening.done():
+            reopening.cancel()
+            return None
+        ws, ready = reopening.result()
+        self.uplink.resumed(self.live.resumed(ready))
+        self.counters.moves = self.live.moves
+        with contextlib.suppress(ConnectionClosed):  # the checkpoint may predate a key press: say what is in force
+            await ws.send(wire.update_message(mix=self.mix, bypass=self.bypass))
+        if isinstance(ready, SessionResumed):
+            self.display.message(
+                f"stream resumed: session {ready.session_id}, {ready.resume_gap_ms:.0f} ms without a worker"
+            )
+        else:
+            self.display.message(f"stream started afresh: session {ready.session_id}")
+        return ws
+
+    async def _reopen(self, lost):
+        await reconnect.wait_to_retry(self.backoff, 0.0, wire.ClientError(wire.close_description(lost)))
+        token = lambda: None if self.live.checkpoint is None else self.live.checkpoint.token  # noqa: E731
+        return await reconnect.reopen(
+            [self.cfg.url], self.start_message(), token, self._refused, self.backoff, self.cfg.token
+        )
+
+    def _refused(self, exc: wire.ClientError) -> None:
+        self.display.message(f"the new worker refused the stream's state ({exc}): starting afresh")
+        self.live.checkpoint = None
+
+    def _sync_counters(self) -> None:
+        self.counters.sent_samples = self.uplink.sent_samples
+        self.counters.dropped_input_samples = self.uplink.dropped_samples
 
     # --- audio callbacks (PortAudio threads) ----------------------------------------------------------
     def _on_input(self, indata, frames, time_info, status) -> None:
@@ -217,42 +281,16 @@ class MicClient:
 
     # --- event loop side --------------------------------------------------------------------------------
     def _enqueue(self, item) -> None:
-        """Overload policy of the input queue: drop the oldest block (counted), never block the callback."""
+        """A captured block (or END) for the uplink; blocks after capture stopped are ignored."""
         if item is not END and not self.capturing:
             return
-        if self.queue.full():
-            oldest = self.queue.get_nowait()
-            if oldest is not END:
-                self.counters.dropped_input_samples += len(oldest)
-        self.queue.put_nowait(item)
-
-    async def _send_loop(self, ws) -> None:
-        with contextlib.suppress(ConnectionClosed):  # the receiver reports why
-            await self._send_audio(ws)
-
-    async def _send_audio(self, ws) -> None:
-        limit = MAX_FRAME_MS * self.cfg.input_rate // 1000
-        while True:
-            item = await self.queue.get()
-            blocks = []
-            while item is not END:
-                blocks.append(item)
-                if self.queue.empty() or sum(map(len, blocks)) >= limit:
-                    break
-                item = self.queue.get_nowait()
-            if blocks:
-                frame = np.concatenate(blocks)
-                await ws.send(wire.encode_audio(frame, self.cfg.fmt))
-                self.counters.sent_samples += len(frame)
-            if item is END:
-                await ws.send(wire.control_message("session.end"))
-                return
+        self.uplink.push(item)
 
     async def _receive_loop(self, ws) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for message in ws:
                 if isinstance(message, bytes):
-                    samples = wire.decode_audio(message, self.cfg.fmt)
+                    samples = self.live.output(wire.decode_audio(message, self.cfg.fmt))  # after a move: no repeats
                     self.counters.received_samples += len(samples)
                     self.jitter.write(samples)
                 else:
@@ -262,6 +300,9 @@ class MicClient:
         kind = event["type"]
         if kind == "stats":
             self.counters.server_stats = event
+        elif kind == "session.checkpoint":
+            if self.live.on_checkpoint(event):
+                self.backoff.succeeded()  # the stream runs here: a later move gets the full budget
         elif kind == "warning":
             self.display.message(f"server warning ({event.get('code')}): {event.get('message')}")
         elif kind == "error":
@@ -283,6 +324,7 @@ class MicClient:
 
     async def _status_loop(self) -> None:
         while True:
+            self._sync_counters()
             self.display.status(status_line(self.counters, self.jitter, self.cfg, self.bypass, self.mix))
             await asyncio.sleep(STATUS_INTERVAL_S)
 
@@ -351,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mic_client", description="microphone -> metis-rt server -> speakers")
     p.add_argument("--server", default=wire.DEFAULT_URL, help=f"server URL (default {wire.DEFAULT_URL})")
     p.add_argument("--token", help="bearer token, if the server requires one")
+    p.add_argument("--no-reconnect", action="store_true", help="end when the connection is lost or drained")
     p.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
     p.add_argument("--input", help="input device: index or name substring (default: the system default)")
     p.add_argument("--output", help="output device: index or name substring (default: the system default)")
@@ -435,6 +478,7 @@ def config_from_args(args, sd) -> MicConfig:
         mix=args.mix,
         engine=args.engine,
         strength=args.strength,
+        reconnect=not args.no_reconnect,
     )
 
 
