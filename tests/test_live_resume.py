@@ -189,6 +189,18 @@ def test_a_hold_that_lasts_two_hops_fills_again():
     assert len(gap.on_block(np.zeros(20, np.float32))) == 20 and gap.state == RAW
 
 
+def test_a_move_faster_than_a_block_leaves_the_processed_audio_untouched():
+    live, gap = _gap()
+    gap.on_block(np.zeros(100, np.float32))
+    live.sent(np.zeros(100, np.float32))
+    gap.on_output(np.full(30, 2, np.float32))
+    gap.lost()
+    live.resumed(_resumed(0, 0))
+    out = gap.on_output(np.full(50, 2, np.float32))  # 0..30 again, then 30..50: no raw played, so no crossfade
+    np.testing.assert_array_equal(out, np.full(20, 2, np.float32))
+    assert gap.state == PROCESSED and gap.raw_samples == 0
+
+
 @pytest.mark.parametrize("rates", [(48000, 48000), (16000, 48000)])
 def test_raw_history_is_indexed_at_the_output_rate(rates):
     history = RawHistory(*rates, capacity=10 * rates[1])

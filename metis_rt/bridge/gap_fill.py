@@ -13,7 +13,8 @@ the resumed worker's output for them is dropped. States:
   takes over (without the pause a worker a few ms slower than the old one would never catch up); after
   ``max_hold`` samples without it the fill starts again.
 
-The switch back crossfades raw into processed over ``fade`` samples (both are known at those positions).
+The switch back crossfades raw into processed over ``fade`` samples (both are known at those positions); a move
+that ended before any block was filled raw needs no switch.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class GapFill:
         self.max_hold = 2 * self.hop
         self.state = PROCESSED
         self.held = 0  # samples the fill has paused for
+        self.filled = 0  # positions filled raw during the current gap
         self.raw_samples = 0  # output positions filled with the raw microphone, in all
 
     @property
@@ -76,7 +78,7 @@ class GapFill:
 
     def lost(self) -> None:
         """The connection is gone: play the raw microphone from the next block on."""
-        self.state, self.held = RAW, 0
+        self.state, self.held, self.filled = RAW, 0, 0
 
     def restarted(self) -> None:
         """The stream started afresh (its positions restart at zero): no fill; the history is indexed anew from
@@ -98,6 +100,7 @@ class GapFill:
         raw = self.history.read(self.live.delivered, added)
         self.live.cover(added)
         self.raw_samples += added
+        self.filled += added
         return raw
 
     def on_output(self, samples: np.ndarray) -> np.ndarray:
@@ -110,10 +113,12 @@ class GapFill:
             if self.state == RAW and self.live.delivered - self.live.connection_out <= self.hop:
                 self.state, self.held = HOLD, 0
             return fresh
+        self.state = PROCESSED
+        if self.filled == 0:  # the stream moved before a block was due: the processed audio simply goes on
+            return fresh
         first = self.live.delivered - len(fresh)
         n = min(self.fade, len(fresh))
         weight = (np.arange(1, n + 1, dtype=np.float32) / np.float32(n + 1)).astype(np.float32)
         out = fresh.astype(np.float32, copy=True)
         out[:n] = weight * fresh[:n] + (1 - weight) * self.history.read(first, n)
-        self.state = PROCESSED
         return out
