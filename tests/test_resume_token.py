@@ -110,3 +110,17 @@ def test_short_or_missing_keys_are_configuration_errors(tmp_path):
     assert ResumeKeys.from_file(path).keys == (b"a" * 64, b"b" * 64)
     with pytest.raises(ConfigError, match="cannot read"):
         ResumeKeys.from_file(tmp_path / "absent.key")
+
+
+def test_the_command_line_sets_the_resume_limits_and_refuses_impossible_ones(tmp_path):
+    from metis_rt.server.main import build_parser, resume_settings
+
+    path = tmp_path / "resume.key"
+    path.write_text("k" * 64 + "\n")
+    args = build_parser().parse_args(["--resume-key-file", str(path), "--checkpoint-interval-s", "0.5"])
+    settings = resume_settings(args)
+    assert settings.checkpoint_interval_s == 0.5 and settings.max_age_s == 300
+    assert resume_settings(build_parser().parse_args([])) is None  # no key file: no resume
+    bad = build_parser().parse_args(["--resume-key-file", str(path), "--checkpoint-interval-s", "0"])
+    with pytest.raises(ConfigError, match="checkpoint interval"):
+        resume_settings(bad)

@@ -16,7 +16,12 @@ from pathlib import Path
 from metis_rt.config import STAGE1_FAMILIES, TASKS
 from metis_rt.engines import AUTO, ENGINE_CHOICES, FRAME_ENGINES, METIS
 from metis_rt.errors import ConfigError, MetisError
-from metis_rt.server.resume_token import DEFAULT_MAX_AGE_S, ResumeKeys, ResumeSettings
+from metis_rt.server.resume_token import (
+    DEFAULT_CHECKPOINT_INTERVAL_S,
+    DEFAULT_MAX_AGE_S,
+    ResumeKeys,
+    ResumeSettings,
+)
 
 log = logging.getLogger("metis_rt.server")
 
@@ -117,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_MAX_AGE_S,
         help=f"refuse resume tokens older than this (default {DEFAULT_MAX_AGE_S:g})",
+    )
+    r.add_argument(
+        "--checkpoint-interval-s",
+        type=float,
+        default=DEFAULT_CHECKPOINT_INTERVAL_S,
+        help="send a session.checkpoint this often: shorter = less to recompute after a move, more token traffic "
+        f"(about 150 kB per checkpoint at the default geometry; default {DEFAULT_CHECKPOINT_INTERVAL_S:g})",
     )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
@@ -219,7 +231,7 @@ def resume_settings(args) -> ResumeSettings | None:
     """The resume keys and limits of the command line (None: no --resume-key-file); ConfigError if unusable."""
     if args.resume_key_file is None:
         return None
-    return ResumeSettings(ResumeKeys.from_file(args.resume_key_file), args.resume_max_age_s)
+    return ResumeSettings(ResumeKeys.from_file(args.resume_key_file), args.resume_max_age_s, args.checkpoint_interval_s)
 
 
 def build_server(args):
