@@ -73,6 +73,7 @@ class Connection:
         self._updating = asyncio.Lock()  # one update at a time (client and MQTT may overlap)
         self.resume_history = (0, 0.0)  # moves of this stream to another worker so far, and their gaps (ms)
         self.checkpoints_sent = 0
+        self.closing_for_drain = False  # the drain took (or is taking) the final checkpoint: nothing more to say
 
     @property
     def task(self) -> str:
@@ -479,6 +480,8 @@ class Connection:
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.server.cfg.stats_interval_s)
+            if self.closing_for_drain:
+                return  # the final checkpoint is the last event a drained stream gets
             session = self.session
             if session.error is not None:
                 self._queue_event(proto.ErrorEvent("engine_error", f"processing failed: {session.error}"))

@@ -78,7 +78,9 @@ async def checkpoint(conn: Connection) -> proto.Checkpoint | None:
 
 
 async def close_for_drain(conn: Connection) -> None:
-    """The drain's close of a resumable stream: a final checkpoint, everything queued written, then 1012."""
+    """The drain's close of a resumable stream: a final checkpoint (its last event), everything queued written, then
+    1012."""
+    conn.closing_for_drain = True
     try:
         async with asyncio.timeout(FINAL_CHECKPOINT_TIMEOUT_S):
             await checkpoint(conn)
