@@ -209,3 +209,19 @@ def test_raw_history_is_indexed_at_the_output_rate(rates):
     assert 0 <= held_back <= np.ceil(history.resampler.lookahead_s * rates[1]) + 1
     assert history.end == added and len(history.read(added - 5, 10)) == 10
     assert np.all(history.read(added, 5) == 0)  # not captured yet: silence
+
+
+def test_raw_history_ring_reads_what_was_pushed_across_wraps():
+    rng = np.random.default_rng(0)
+    history = RawHistory(16000, 16000, capacity=1000)
+    pushed = np.zeros(0, np.float32)
+    for size in rng.integers(1, 700, 40):
+        block = rng.standard_normal(size).astype(np.float32)
+        history.push(block)
+        pushed = np.concatenate([pushed, block])
+        start = int(rng.integers(max(0, len(pushed) - 1200), len(pushed) + 50))
+        n = int(rng.integers(0, 1100))
+        expected = np.zeros(n, np.float32)  # what was pushed, where still within the last 1000 samples
+        for k in range(max(start, len(pushed) - 1000), min(start + n, len(pushed))):
+            expected[k - start] = pushed[k]
+        np.testing.assert_array_equal(history.read(start, n), expected)

@@ -28,34 +28,33 @@ PROCESSED, RAW, HOLD = "processed", "raw", "hold"
 
 
 class RawHistory:
-    """The microphone at the output rate, indexed from the stream's first block; the last ``capacity`` samples."""
+    """The microphone at the output rate, indexed from the stream's first block; the last ``capacity`` samples, in a
+    ring (a block costs a copy of itself, not of the history)."""
 
     def __init__(self, input_rate: int, output_rate: int, capacity: int):
         self.resampler = StreamResampler(input_rate, output_rate)
         self.capacity = capacity
-        self._buf = np.zeros(0, np.float32)
-        self._start = 0  # stream index of _buf[0]
-
-    @property
-    def end(self) -> int:
-        return self._start + len(self._buf)
+        self._ring = np.zeros(capacity, np.float32)
+        self.end = 0  # stream index one past the newest sample
 
     def push(self, block: np.ndarray) -> int:
         """A captured block (input rate) -> how many output-rate samples it added."""
-        y = self.resampler.push(block)
-        joined = np.concatenate([self._buf, y])
-        excess = len(joined) - self.capacity
-        if excess > 0:
-            joined, self._start = joined[excess:], self._start + excess
-        self._buf = joined
+        y = self.resampler.push(block)[-self.capacity :]
+        at = self.end % self.capacity
+        first = min(len(y), self.capacity - at)
+        self._ring[at : at + first] = y[:first]
+        self._ring[: len(y) - first] = y[first:]
+        self.end += len(y)
         return len(y)
 
     def read(self, start: int, n: int) -> np.ndarray:
         """Positions ``[start, start + n)``; silence where nothing is held."""
         out = np.zeros(max(0, n), np.float32)
-        lo, hi = max(start, self._start), min(start + n, self.end)
-        if hi > lo:
-            out[lo - start : hi - start] = self._buf[lo - self._start : hi - self._start]
+        lo, hi = max(start, self.end - self.capacity, 0), min(start + n, self.end)
+        while lo < hi:  # at most two pieces: the ring wraps once
+            piece_end = min(hi, (lo // self.capacity + 1) * self.capacity)
+            out[lo - start : piece_end - start] = self._ring[lo % self.capacity : (piece_end - 1) % self.capacity + 1]
+            lo = piece_end
         return out
 
 

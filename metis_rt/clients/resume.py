@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import random
 from dataclasses import dataclass, field
 
@@ -20,20 +21,23 @@ RESUMABLE_HTTP_STATUS = frozenset({502, 503, 504})
 
 
 class UnackedInput:
-    """Input samples from ``acked`` (absolute index) to ``sent`` not yet acknowledged by the server."""
+    """Input samples from ``acked`` (absolute index) to ``sent`` not yet acknowledged by the server.
+
+    Kept as the frames sent (a deque), so recording a frame costs no copy of what is already held."""
 
     def __init__(self, capacity_samples: int):
         if capacity_samples <= 0:
             raise ValueError(f"capacity_samples must be positive, got {capacity_samples}")
         self.capacity = capacity_samples
-        self._buf = np.zeros(0, np.float32)  # [sent - start] samples, oldest first
-        self._start = 0  # absolute index of _buf[0]
+        self._chunks: collections.deque[np.ndarray] = collections.deque()  # oldest first
+        self._held = 0  # samples in _chunks
+        self._start = 0  # absolute index of the first held sample
         self.dropped_samples = 0  # unacknowledged samples given up to stay within capacity
 
     @property
     def sent(self) -> int:
         """Absolute index one past the last sample sent."""
-        return self._start + self._buf.shape[0]
+        return self._start + self._held
 
     @property
     def oldest(self) -> int:
@@ -42,29 +46,42 @@ class UnackedInput:
 
     def record(self, samples: np.ndarray) -> None:
         """Keep samples just sent (mono float32 ``[T]``)."""
-        joined = np.concatenate([self._buf, np.asarray(samples, np.float32).reshape(-1)])
-        excess = joined.shape[0] - self.capacity
+        chunk = np.asarray(samples, np.float32).reshape(-1)
+        if len(chunk):
+            self._chunks.append(chunk)
+            self._held += len(chunk)
+        excess = self._held - self.capacity
         if excess > 0:
-            joined = joined[excess:]
-            self._start += excess
+            self._forget(excess)
             self.dropped_samples += excess
-        self._buf = joined
 
     def ack(self, input_samples_acked: int) -> None:
         """The server holds everything before ``input_samples_acked``: forget it (a stale ack is a no-op)."""
         if input_samples_acked > self.sent:
             raise ValueError(f"ack of {input_samples_acked} samples, but only {self.sent} were sent")
-        cut = input_samples_acked - self._start
-        if cut > 0:
-            self._buf = self._buf[cut:]
-            self._start = input_samples_acked
+        if input_samples_acked > self._start:
+            self._forget(input_samples_acked - self._start)
 
     def replay_from(self, input_samples_acked: int) -> tuple[np.ndarray, int]:
         """What to re-send after a resume acknowledged up to ``input_samples_acked``: ``(samples, gap)``, where
         ``gap`` samples were already given up (the stream continues after a gap of that length)."""
         self.ack(max(input_samples_acked, self._start))
         gap = max(0, self._start - input_samples_acked)
-        return self._buf.copy(), gap
+        held = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        return held, gap
+
+    def _forget(self, n: int) -> None:
+        """Drop the ``n`` oldest held samples."""
+        self._start += n
+        self._held -= n
+        while n > 0:
+            first = self._chunks[0]
+            if len(first) <= n:
+                self._chunks.popleft()
+                n -= len(first)
+            else:
+                self._chunks[0] = first[n:]
+                n = 0
 
 
 @dataclass
