@@ -176,19 +176,15 @@ class RemoteBackend:
     async def _move(self) -> None:
         reason = wire.close_description(self.ws)
         self.gap.lost()
-        self.uplink.moving()
         self.notice(f"server connection lost ({reason}): playing the raw microphone while the stream moves")
         try:
-            await reconnect.wait_to_retry(self.backoff, 0.0, wire.ClientError(f"connection lost ({reason})"))
-            ws, ready = await reconnect.reopen(
-                [self.url], self.start_message(), self._resume_token, self._refused, self.backoff, self.token
+            ws, ready = await reconnect.move_live(
+                self.url, self.start_message(), self.live, self.uplink, self.backoff, self.ws, self.token
             )
         except wire.ClientError as exc:
             raise BackendError(f"the stream could not move to another worker: {exc}") from exc
-        replay = self.live.resumed(ready)
         if not isinstance(ready, SessionResumed):
             self.gap.restarted()
-        self.uplink.resumed(replay)
         self.ws, self.ready = ws, ready
         self._in_force(ready)
         s = self.settings  # the checkpoint may predate a command: say again what is in force
@@ -198,12 +194,6 @@ class RemoteBackend:
             self.notice(f"stream resumed (session {ready.session_id}, {ready.resume_gap_ms:.0f} ms without a worker)")
         else:
             self.notice(f"stream started afresh (session {ready.session_id})")
-
-    def _resume_token(self) -> str | None:
-        return None if self.live.checkpoint is None else self.live.checkpoint.token
-
-    def _refused(self, exc: wire.ClientError) -> None:
-        self.live.checkpoint = None  # the next attempt starts afresh (resumed() then counts the restart)
 
     async def _receive_loop(self) -> None:
         with contextlib.suppress(ConnectionClosed):

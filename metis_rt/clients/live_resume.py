@@ -94,6 +94,14 @@ class LiveStream:
     def can_resume(self) -> bool:
         return self.checkpoint is not None
 
+    def resume_token(self) -> str | None:
+        """The token to resume with (None: start afresh)."""
+        return None if self.checkpoint is None else self.checkpoint.token
+
+    def refused(self) -> None:
+        """The new worker refused the token: the next attempt starts afresh."""
+        self.checkpoint = None
+
     def resumed(self, ready: SessionReady) -> np.ndarray:
         """The new connection's answer: ``session.resumed`` -> the held input to re-send; ``session.ready`` (a fresh
         start) -> nothing to re-send."""

@@ -224,9 +224,19 @@ class MicClient:
     async def _move(self, lost):
         """Reconnect and resume after a lost or drained connection: the new connection, or None if the user quit
         meanwhile. Raises ClientError once the stream cannot move."""
-        self.uplink.moving()
         self.display.message(f"server connection lost ({wire.close_description(lost)}): moving the stream")
-        reopening = asyncio.create_task(self._reopen(lost))
+        reopening = asyncio.create_task(
+            reconnect.move_live(
+                self.cfg.url,
+                self.start_message(),
+                self.live,
+                self.uplink,
+                self.backoff,
+                lost,
+                self.cfg.token,
+                lambda exc: self.display.message(f"the new worker refused the stream's state ({exc}): starting afresh"),
+            )
+        )
         quitting = asyncio.create_task(self.quit.wait())
         await asyncio.wait({reopening, quitting}, return_when=asyncio.FIRST_COMPLETED)
         quitting.cancel()
@@ -234,8 +244,6 @@ class MicClient:
             reopening.cancel()
             return None
         ws, ready = reopening.result()
-        self.uplink.resumed(self.live.resumed(ready))
-        self.counters.moves = self.live.moves
         with contextlib.suppress(ConnectionClosed):  # the checkpoint may predate a key press: say what is in force
             await ws.send(wire.update_message(mix=self.mix, bypass=self.bypass))
         if isinstance(ready, SessionResumed):
@@ -246,20 +254,11 @@ class MicClient:
             self.display.message(f"stream started afresh: session {ready.session_id}")
         return ws
 
-    async def _reopen(self, lost):
-        await reconnect.wait_to_retry(self.backoff, 0.0, wire.ClientError(wire.close_description(lost)))
-        token = lambda: None if self.live.checkpoint is None else self.live.checkpoint.token  # noqa: E731
-        return await reconnect.reopen(
-            [self.cfg.url], self.start_message(), token, self._refused, self.backoff, self.cfg.token
-        )
-
-    def _refused(self, exc: wire.ClientError) -> None:
-        self.display.message(f"the new worker refused the stream's state ({exc}): starting afresh")
-        self.live.checkpoint = None
-
     def _sync_counters(self) -> None:
+        """The counters the uplink and the stream keep, copied for the status and summary lines."""
         self.counters.sent_samples = self.uplink.sent_samples
         self.counters.dropped_input_samples = self.uplink.dropped_samples
+        self.counters.moves = self.live.moves
 
     # --- audio callbacks (PortAudio threads) ----------------------------------------------------------
     def _on_input(self, indata, frames, time_info, status) -> None:

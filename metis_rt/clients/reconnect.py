@@ -19,7 +19,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from metis_rt.clients import wire
+from metis_rt.clients.live_resume import LiveStream
 from metis_rt.clients.resume import RESUMABLE_CLOSE_CODES, RESUMABLE_HTTP_STATUS, Backoff
+from metis_rt.clients.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +79,28 @@ async def reopen(
         except wire.ClientError as exc:
             await wait_to_retry(backoff, retry_after(exc), exc)
     raise wire.ClientError("no server URL to connect to")
+
+
+async def move_live(
+    url: str,
+    start: str,
+    live: LiveStream,
+    uplink: Uplink,
+    backoff: Backoff,
+    lost: ClientConnection,
+    token: str | None = None,
+    on_refused: Callable[[wire.ClientError], None] | None = None,
+) -> tuple[ClientConnection, wire.Ready]:
+    """A live stream's connection ``lost`` is gone: hold new input aside, wait, reconnect (resume, or start afresh)
+    and queue what the new connection sends first (the mic client and the bridge)."""
+    uplink.moving()
+    await wait_to_retry(backoff, 0.0, wire.ClientError(f"connection lost ({wire.close_description(lost)})"))
+
+    def refused(exc: wire.ClientError) -> None:
+        live.refused()
+        if on_refused is not None:
+            on_refused(exc)
+
+    ws, ready = await reopen([url], start, live.resume_token, refused, backoff, token)
+    uplink.resumed(live.resumed(ready))
+    return ws, ready
