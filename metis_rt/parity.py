@@ -2,7 +2,9 @@
 
 A vector directory is a model directory (official layout + Amphion ``config.json``) plus cases. Models are loaded
 with :func:`load_components` / :class:`MetisPipeline` in float64 with noise-free decoding, exactly as a user loads
-them, and every check of the manifest is run and compared with its tolerance. Components we do not implement yet
+them, on the streaming engine's eager code path (:class:`~metis_rt.models.hop_speed.HopSpeed` with ``compile="never"``:
+the fast path with its stacked projections; ``VectorDir(root, speed=BASELINE)`` runs the path before issue 20), and
+every check of the manifest is run and compared with its tolerance. Components we do not implement yet
 are reported as ``unsupported`` (never silently skipped).
 """
 
@@ -22,6 +24,7 @@ from safetensors.torch import load_file
 from metis_rt.config import S2ADecoding, Stage1Decoding, TaskDecoding
 from metis_rt.errors import ConfigError
 from metis_rt.models.decoding import ZeroNoise
+from metis_rt.models.hop_speed import HopSpeed, apply_hop_speed
 from metis_rt.models.ssl import ExtractorOutput
 from metis_rt.models.stage1 import Stage1Inputs
 from metis_rt.pipeline.components import MetisComponents, load_components, resolve_config
@@ -33,6 +36,7 @@ from metis_rt.text.tokenizer import PhoneTokenizer
 log = logging.getLogger(__name__)
 
 PARITY_DTYPE = torch.float64
+EAGER = HopSpeed(compile="never")  # the engine's eager hop: fast path, stacked projections, no compile
 MANIFEST = "cases/manifest.json"
 TASK_VARIANT = {"se": "se", "tse": "tse", "vc": "vc", "omni": "omni", "l2s": "l2s", "tts": "tts"}
 
@@ -58,8 +62,9 @@ class CheckResult:
 class VectorDir:
     """One vector directory: manifest, lazily loaded tensors and models."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, speed: HopSpeed = EAGER):
         self.root = Path(root)
+        self.speed = speed
         self.manifest = json.loads((self.root / MANIFEST).read_text())
         self.task = self.manifest["task"]
         self.cfg, _ = resolve_config(self.root, self.task)
@@ -77,6 +82,7 @@ class VectorDir:
         if self._comps is None:
             variants = ["base", self.task] if self.task in ("se", "tse", "vc") else [TASK_VARIANT[self.task]]
             self._comps = load_components(self.root, variants, self.cfg, dtype=PARITY_DTYPE)
+            apply_hop_speed(self._comps, self.speed)
         return self._comps
 
     @property
@@ -370,6 +376,6 @@ def vector_dirs(paths: list[Path]) -> list[Path]:
     return found
 
 
-def run_directory(root: str | Path) -> list[CheckResult]:
-    vd = VectorDir(root)
+def run_directory(root: str | Path, speed: HopSpeed = EAGER) -> list[CheckResult]:
+    vd = VectorDir(root, speed)
     return [run_check(vd, check) for check in vd.manifest["checks"]]

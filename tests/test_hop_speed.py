@@ -130,7 +130,7 @@ def test_compiled_chain_decodes_the_eager_ids(stand_in_components):
         assert apply_hop_speed(comps, HopSpeed(compile="always", compile_ssl=False)) == ["s2a_1layer", "s2a_full"]
         compiled = model.generate(semantic, prompt, (2, 1, 1), **kwargs)
         apply_hop_speed(comps, HopSpeed(compile="never"))
-        assert "guided" not in model.diff_estimator.__dict__  # compile off restores the eager method
+        assert "guided_rows" not in model.diff_estimator.__dict__  # compile off restores the eager method
     assert torch.equal(eager, compiled)
 
 
@@ -144,3 +144,115 @@ def stand_in_components():
             self.ssl = type("Ssl", (), {"encoder": torch.nn.Identity()})()
 
     return Comps
+
+
+# --- the stacked-projection path and the remembered step conditions -------------------------------------------------
+def _stack_inputs(hidden=16, batch=2, length=12, drop=4, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, hidden, generator=g, dtype=torch.float64)
+    x_u = torch.randn(batch, length - drop, hidden, generator=g, dtype=torch.float64)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[0, :2] = False  # left padding of a shorter prompt
+    return x, x_u, mask
+
+
+def test_stacked_projections_give_the_module_path_results_and_leave_the_weights_alone():
+    model = _s2a()
+    stack = model.diff_estimator
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
+    x, x_u, mask = _stack_inputs()
+    t = torch.full((2,), 0.6)
+    with torch.inference_mode():
+        want = stack.guided(x, t, 4, key_mask=mask, uncond_x=x_u, cfg=2.5, rescale=0.75)
+    assert stack.fuse() and stack._fused_plan() is not None
+    with torch.inference_mode():
+        got = stack.guided(x, t, 4, key_mask=mask, uncond_x=x_u, cfg=2.5, rescale=0.75)
+    for w, g in zip(want, got, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(got[0], got[1])  # guidance really changed the rows
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(p is params[n] for n, p in model.named_parameters())  # same Parameter objects, now views
+    q = stack.layers[0].self_attn.q_proj.weight
+    assert q.data_ptr() == stack._fused_plan()[0][0].data_ptr()  # q's rows are the stacked tensor's first rows
+
+
+def test_s2a_decoding_on_stacked_projections_gives_the_module_path_ids():
+    model = _s2a()
+    g = torch.Generator().manual_seed(3)
+    semantic = torch.randint(0, 64, (2, 12), generator=g)
+    prompt = torch.randint(0, 32, (2, 4, 3), generator=g)
+    mask = torch.tensor([[False, True, True, True], [True] * 4])
+    kwargs = {"cfg": 2.5, "rescale_cfg": 0.75, "temperature": 1.5, "filter_thres": 0.9, "prompt_mask": mask}
+    runs = []
+    for fused in (False, True):
+        model.diff_estimator.fuse(fused)
+        with torch.inference_mode():
+            runs.append(model.generate(semantic, prompt, (6, 3, 1), noise=GumbelNoise(5), **kwargs))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_stacked_path_steps_aside_when_a_weight_is_replaced_or_fusing_is_off():
+    model = _s2a()
+    stack = model.diff_estimator
+    stack.fuse()
+    x, x_u, mask = _stack_inputs()
+    t = torch.full((2,), 0.3)
+    attn = stack.layers[1].self_attn
+    attn.k_proj.weight = torch.nn.Parameter(attn.k_proj.weight.detach().clone() * 2)  # the view is gone
+    assert stack._fused_plan() is None
+    with torch.inference_mode():
+        got = stack.guided(x, t, 4, key_mask=mask, uncond_x=x_u, cfg=2.5, rescale=0.75)
+    stack.fuse(False)  # the module path, one projection per call, with the new weight
+    with torch.inference_mode():
+        want = stack.guided(x, t, 4, key_mask=mask, uncond_x=x_u, cfg=2.5, rescale=0.75)
+    assert torch.equal(got[1], want[1])
+    assert stack.fuse() and stack._fused_plan() is not None  # fusing again takes the new weight in
+    with torch.inference_mode():
+        again = stack.guided(x, t, 4, key_mask=mask, uncond_x=x_u, cfg=2.5, rescale=0.75)
+    torch.testing.assert_close(again[1], want[1], rtol=1e-12, atol=1e-12)
+
+
+def test_lora_wrapped_projections_are_not_stacked():
+    from metis_rt.models.lora import inject_lora
+
+    model = _stage1()
+    inject_lora(model, r=2, alpha=4)
+    assert not model.diff_estimator.fuse() and model.diff_estimator._fused_plan() is None
+
+
+def test_step_conditions_are_remembered_per_timestep_tensor_until_a_weight_changes():
+    stack = _s2a().diff_estimator
+    t = torch.full((2,), 0.5)
+    with torch.inference_mode():
+        c1, scales1 = stack.conditioning(t, torch.float64)
+        c2, scales2 = stack.conditioning(t, torch.float64)
+        other, _ = stack.conditioning(torch.full((2,), 0.5), torch.float64)  # equal values, another tensor
+    assert c2 is c1 and scales2 is scales1 and other is not c1
+    with torch.no_grad():
+        stack.norm.to_weight.weight.add_(1.0)  # an in-place update (training, load_state_dict)
+    with torch.inference_mode():
+        _, scales3 = stack.conditioning(t, torch.float64)
+        assert not torch.equal(scales3[-1], scales1[-1])
+        torch.testing.assert_close(scales3[-1], stack.norm.scale(c1, torch.float64))
+
+
+def test_decoding_passes_the_same_step_tensors_every_hop():
+    from metis_rt.models.decoding import step_times
+
+    first = step_times(4, 2, torch.device("cpu"))
+    assert step_times(4, 2, torch.device("cpu")) is first
+    assert [round(float(t[0]), 6) for t in first] == [1.0, 0.75, 0.5, 0.25] and first[0].shape == (2,)
+    with torch.inference_mode():
+        made_inside = step_times(3, 1, torch.device("cpu"))
+    assert not made_inside[0].is_inference()  # usable where autograd records, whoever asked first
+
+
+def test_parity_vectors_run_on_the_stacked_fast_path(parity_dir):
+    from metis_rt.parity import EAGER, VectorDir
+
+    vd = VectorDir(parity_dir / "se")
+    assert vd.speed is EAGER
+    stacks = [m.diff_estimator for m in (*vd.comps.stage1.values(), vd.comps.s2a_1layer, vd.comps.s2a_full)]
+    assert all(s._fused_plan() is not None for s in stacks)

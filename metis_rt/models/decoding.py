@@ -107,6 +107,16 @@ def cached_mask_schedule(steps: int, length: int) -> tuple[int, ...]:
     return tuple(mask_schedule(steps, length))
 
 
+@functools.lru_cache(maxsize=256)
+def step_times(steps: int, batch: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The step timesteps ``float32(t_i)`` as [batch] tensors, made once per (steps, batch, device): the same
+    tensors every hop, so a stack can remember what it derives from them
+    (:meth:`~metis_rt.models.transformer.DiffusionTransformer.conditioning`)."""
+    with torch.inference_mode(False):  # ordinary tensors: also usable where autograd records
+        ts = torch.tensor(timesteps(steps)[:steps], dtype=torch.float32).to(device)  # one transfer
+        return tuple(ts[i].expand(batch).clone() for i in range(steps))
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     steps: int
@@ -141,9 +151,9 @@ def masked_decode(
         return seq
     ts = timesteps(params.steps)
     counts = cached_mask_schedule(params.steps, length)  # host integers, computed once per (steps, length)
-    t_steps = torch.tensor(ts[: params.steps], dtype=torch.float32).to(device)  # float32(ts[i]), one transfer
+    t_steps = step_times(params.steps, batch, torch.device(device))
     for i in range(params.steps):
-        t = t_steps[i].expand(batch)
+        t = t_steps[i]
         logits = top_k_filter(predict(seq, mask, t), params.filter_thres)
         ids = _sample(logits, i, params, ts[i], noise)
         seq = torch.where(mask, ids, seq)

@@ -10,9 +10,12 @@ Numerically delicate parts (RMS variance, softmax, RoPE tables, timestep frequen
 :func:`compute_dtype` (float32 for half precisions, float64 stays float64 for parity).
 
 :meth:`DiffusionTransformer.guided` is the hop's fast path (issue 20): the conditional and the unconditional CFG
-passes share one step condition and one set of adaptive-norm scales, RoPE tables are cached per length, and the whole
-function is what ``torch.compile`` captures (:mod:`metis_rt.models.hop_speed`). Its eager results are bit-identical
-to two :meth:`DiffusionTransformer.forward` calls followed by :func:`guide`.
+passes share one step condition and one set of adaptive-norm scales (remembered per timestep tensor across hops),
+RoPE tables are cached per length, and after :meth:`DiffusionTransformer.fuse` each layer runs as
+:func:`_fused_layer`: q/k/v in one product, gate/up in one, RoPE on q and k at once, torch's fused RMS norm, no
+module calls. :meth:`DiffusionTransformer.guided_rows` is what ``torch.compile`` captures
+(:mod:`metis_rt.models.hop_speed`). Unfused, its eager results are bit-identical to two
+:meth:`DiffusionTransformer.forward` calls followed by :func:`guide`; fused, equal up to float rounding.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ ROPE_THETA = 10000.0
 TIMESTEP_MAX_PERIOD = 10000.0
 FFN_MULT = 4
 ROPE_CACHE_SIZE = 64  # distinct (length, device, dtype) tables kept per stack
+CONDITION_CACHE_SIZE = 256  # step conditions kept per stack (one per decoding step x batch size x dtype)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -76,6 +80,50 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, rescale: float) 
     guided = cond + cfg * (cond - uncond)
     ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
     return rescale * guided * ratio + (1 - rescale) * guided
+
+
+QKV = ("q_proj", "k_proj", "v_proj")
+GATE_UP = ("gate_proj", "up_proj")
+
+
+def fuse_projections(module: nn.Module, names: tuple[str, ...]) -> torch.Tensor | None:
+    """Give ``module``'s bias-free Linears ``names`` one shared weight (their rows stacked), in place.
+
+    Each Linear's weight becomes a view into the stacked tensor, so the module's parameters, state dict and any
+    in-place update stay what they were and no memory is added. Returns the stacked weight, or None (nothing
+    changed) for LoRA-wrapped or biased layers. Run outside inference mode (the parameters stay trainable tensors).
+    """
+    linears = [getattr(module, n) for n in names]
+    if not all(type(lin) is nn.Linear and lin.bias is None for lin in linears):
+        return None
+    with torch.no_grad():
+        stacked = torch.cat([lin.weight.detach() for lin in linears])
+        start = 0
+        for lin in linears:
+            rows = lin.weight.shape[0]
+            lin.weight.data = stacked[start : start + rows]
+            start += rows
+    return stacked
+
+
+def _norm(h: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """Adaptive RMS norm with a precomputed scale (:class:`AdaptiveRMSNorm`'s arithmetic, torch's fused kernel)."""
+    work = compute_dtype(h.dtype)
+    y = scale * F.rms_norm(h if h.dtype == work else h.to(work), (h.shape[-1],), eps=eps)
+    return y if y.dtype == h.dtype else y.to(h.dtype)
+
+
+def _fused_layer(h, weights, scales, rope, key_mask, heads: int, eps: float) -> torch.Tensor:
+    """One :class:`DecoderLayer` on stacked weights (qkv, o, gate_up, down): the fast path's few, larger calls."""
+    qkv_w, o_w, gate_up_w, down_w = weights
+    b, n, _ = h.shape
+    qkv = F.linear(_norm(h, scales[0], eps), qkv_w).view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = apply_rope(qkv[:2], *rope).unbind(0)  # RoPE on q and k at once
+    attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=attn_mask)
+    h = h + F.linear(out.transpose(1, 2).reshape(b, n, -1), o_w)
+    gate, up = F.linear(_norm(h, scales[1], eps), gate_up_w).chunk(2, dim=-1)
+    return h + F.linear(F.silu(gate) * up, down_w)
 
 
 class AdaptiveRMSNorm(nn.Module):
@@ -178,6 +226,7 @@ class DiffusionTransformer(nn.Module):
         self.diff_step_mlp = mlp_block(hidden_size)
         self.cond_mlp = mlp_block(hidden_size) if with_cond_mlp else None
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._condition_cache: dict[tuple, tuple] = {}
 
     def step_condition(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """t: [B] -> c [B, H]."""
@@ -214,11 +263,49 @@ class DiffusionTransformer(nn.Module):
             self._rope_cache[key] = rope_tables(length, self.head_dim, device, dtype)
         return self._rope_cache[key]
 
+    def fuse(self, on: bool = True) -> bool:
+        """The fast path's stacked weights per layer (q/k/v and gate/up in one product each) on or off.
+
+        On: every layer's projections share stacked weights (:func:`fuse_projections`) and :meth:`_stack` runs
+        :func:`_fused_layer` instead of the modules. Off (or LoRA-wrapped layers): the modules, one projection per
+        call, as before issue 20. Returns whether the stacked path is in use.
+        """
+        self.__dict__.pop("_plan", None)
+        if not on:
+            return False
+        plan = []
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv, gate_up = fuse_projections(attn, QKV), fuse_projections(mlp, GATE_UP)
+            if qkv is None or gate_up is None:
+                return False
+            plan.append((qkv, attn.o_proj.weight, gate_up, mlp.down_proj.weight))
+        linears = [getattr(lay.self_attn, n) for lay in self.layers for n in (*QKV, "o_proj")]
+        linears += [getattr(lay.mlp, n) for lay in self.layers for n in (*GATE_UP, "down_proj")]
+        self._plan = (tuple(plan), [(lin, lin.weight, lin.weight.data_ptr()) for lin in linears])
+        return True
+
+    def _fused_plan(self):
+        """The stacked weights while every projection still views them (not after a move or a replaced weight)."""
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            return None
+        for lin, weight, pointer in plan[1]:
+            if lin.weight is not weight or weight.data_ptr() != pointer:
+                return None
+        return plan[0]
+
     def _stack(self, h, c, scales, key_mask):
         rope = self.rope(h.shape[1], h.device, h.dtype)
-        for layer, layer_scales in zip(self.layers, scales[:-1], strict=True):
-            h = layer(h, c, rope, key_mask, layer_scales)
-        return self.norm(h, c, scales[-1])
+        plan = self._fused_plan()
+        if plan is None:
+            for layer, layer_scales in zip(self.layers, scales[:-1], strict=True):
+                h = layer(h, c, rope, key_mask, layer_scales)
+            return self.norm(h, c, scales[-1])
+        heads, eps = self.layers[0].self_attn.num_heads, self.norm.eps
+        for weights, layer_scales in zip(plan, scales[:-1], strict=True):
+            h = _fused_layer(h, weights, layer_scales, rope, key_mask, heads, eps)
+        return _norm(h, scales[-1], eps)
 
     def guided(
         self,
@@ -238,12 +325,59 @@ class DiffusionTransformer(nn.Module):
         dropped); ``uncond_x`` [B, L - drop, H]: the unconditional input, run with the same step condition and
         norm scales, then combined by :func:`guide` with ``cfg``/``rescale``.
         """
-        c = self.step_condition(t, x.dtype)
+        c, scales = self.conditioning(t, x.dtype)
+        return self.guided_rows(
+            x, c, scales, drop, prefix=prefix, key_mask=key_mask, uncond_x=uncond_x, cfg=cfg, rescale=rescale
+        )
+
+    def conditioning(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, list]:
+        """(step condition c [B, H], every adaptive norm's scale) for timesteps ``t`` [B].
+
+        Remembered per ``t`` tensor (the decoding loop passes the same tensors every hop:
+        :func:`~metis_rt.models.decoding.step_times`) while the weights they come from are unchanged.
+        """
+        key = (id(t), dtype)
+        stamp = self._condition_stamp()
+        hit = self._condition_cache.get(key)
+        if hit is not None and hit[0] is t and hit[1] == stamp:
+            return hit[2], hit[3]
+        c = self.step_condition(t, dtype)
         scales = [
-            (lay.input_layernorm.scale(c, x.dtype), lay.post_attention_layernorm.scale(c, x.dtype))
-            for lay in self.layers
+            (lay.input_layernorm.scale(c, dtype), lay.post_attention_layernorm.scale(c, dtype)) for lay in self.layers
         ]
-        scales.append(self.norm.scale(c, x.dtype))
+        scales.append(self.norm.scale(c, dtype))
+        if not torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            if len(self._condition_cache) >= CONDITION_CACHE_SIZE:
+                self._condition_cache.clear()
+            self._condition_cache[key] = (t, stamp, c, scales)
+        return c, scales
+
+    def _condition_stamp(self) -> tuple:
+        """Identity and version of every weight the step condition and the norm scales are computed from."""
+        # inference tensors (models loaded under inference mode) keep no version: they are never trained in place
+        return tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in self._condition_params())
+
+    def _condition_params(self):
+        yield from self.diff_step_mlp.parameters()
+        for lay in self.layers:
+            yield from lay.input_layernorm.parameters()
+            yield from lay.post_attention_layernorm.parameters()
+        yield from self.norm.parameters()
+
+    def guided_rows(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        scales: list,
+        drop: int,
+        *,
+        prefix: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        uncond_x: torch.Tensor | None = None,
+        cfg: float = 0.0,
+        rescale: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`guided` after the conditioning: what ``torch.compile`` captures (:mod:`metis_rt.models.hop_speed`)."""
         h = x if prefix is None else torch.cat([prefix, x], dim=1)
         cond = self._stack(h, c, scales, key_mask)[:, (0 if prefix is None else prefix.shape[1]) + drop :]
         if uncond_x is None:
