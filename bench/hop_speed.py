@@ -3,8 +3,11 @@
 For each model size x task x stream count, the same components are measured under each mode, repeat after repeat
 (old, fast, compiled, old, fast, compiled, ...), so that a shared CPU's load falls on all modes alike:
 
-* ``old``      — ``HopSpeed(fast_path=False, compile="never")``: the code path before issue 20;
-* ``fast``     — the eager fast path (bit-identical results);
+* ``old``      — ``HopSpeed(fast_path=False, compile="never", threads="default")``: the code path before issue 20,
+  with torch's default thread count (one per core);
+* ``fast_torch_threads`` — the eager fast path (stacked projections, remembered step conditions; same results up to
+  float rounding) with torch's default thread count: what the code changes buy alone;
+* ``fast``     — the eager fast path with ``threads: auto`` (the count measured on the models: the default);
 * ``compiled`` — the fast path with the transformer stacks and w2v-BERT under ``torch.compile`` (compiled once per
   size x task before the timed repeats; the compile time is reported separately);
 * ``compiled_stacks`` — the same with w2v-BERT left eager (its compile is the long one on a CPU).
@@ -40,9 +43,11 @@ from metis_rt.audio.files import resample  # noqa: E402
 from metis_rt.models.hop_speed import BASELINE, HopSpeed  # noqa: E402
 from metis_rt.streaming.geometry import Geometry  # noqa: E402
 from metis_rt.streaming.processor import MetisWindowProcessor  # noqa: E402
+from metis_rt.streaming.thread_probe import ProbeSettings  # noqa: E402
 
 MODES = {
     "old": BASELINE,
+    "fast_torch_threads": HopSpeed(compile="never", threads="default"),  # the eager fast path alone
     "fast": HopSpeed(compile="never"),
     "compiled": HopSpeed(compile="always"),
     "compiled_stacks": HopSpeed(compile="always", compile_ssl=False),  # w2v-BERT eager: a shorter compile
@@ -57,11 +62,12 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every mode")
     ap.add_argument("--hops", type=int, default=6, help="measured steady-state hops per repeat")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--threads", type=int, help="one thread count for every mode (default: each mode's own)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hop_speed.json")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        MODES.update({name: speed.with_threads(args.threads) for name, speed in MODES.items()})
     speech, _ = sf.read(REPO / "examples" / "speech_noisy.wav", dtype="float32")
     speech = np.tile(speech, 8)
     ref16, _ = sf.read(REPO / "examples" / "reference.wav", dtype="float32")
@@ -89,8 +95,11 @@ def measure_chain(size, task, modes, streams, args, audio):
     steps = stream_cfg.steps_for(task)
     ref = MetisWindowProcessor(comps, BASELINE).prepare_reference(ref16, ref24) if task != "se" else None
 
+    threads = {}
+
     def run(mode: str, n: int, hops: int):
-        processor = MetisWindowProcessor(comps, MODES[mode])
+        processor = MetisWindowProcessor(comps, MODES[mode], ProbeSettings(official, stream_cfg))
+        threads[mode] = processor.threads.describe() if processor.threads else "torch's"
         return measure(processor, official, task, geometry, steps, n, hops, speech, ref)
 
     seconds = None
@@ -118,6 +127,7 @@ def measure_chain(size, task, modes, streams, args, audio):
             "task": task,
             "geometry": f"{geometry.chunk * 20}/{geometry.lookahead * 20}/{geometry.left * 20}",
             "mode": mode,
+            "threads": threads[mode],
             "streams": n,
             "hop_ms_p50": float(np.percentile(t, 50)),
             "hop_ms_p99": float(np.percentile(t, 99)),

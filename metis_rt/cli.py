@@ -568,6 +568,7 @@ def cmd_process_stream(args) -> int:
     from metis_rt.streaming.processor import MetisWindowProcessor
     from metis_rt.streaming.session import SessionSpec, StreamSession
     from metis_rt.streaming.simulate import simulate
+    from metis_rt.streaming.thread_probe import ProbeSettings
 
     model_dir, device, dtype = _model_dir(args), _device(args.device), parse_dtype(args.dtype)
     output = check_output_path(args.output)
@@ -590,7 +591,7 @@ def cmd_process_stream(args) -> int:
     variant = stage1_variant(args.task, args.stage1)
     check_model_dir(model_dir, [variant], cfg)
     comps = load_components(model_dir, [variant], cfg, dtype=dtype, device=device)
-    processor = MetisWindowProcessor(comps, stream_cfg.speed)
+    processor = MetisWindowProcessor(comps, stream_cfg.speed, ProbeSettings(official, stream_cfg))
     reference = processor.prepare_reference(ref[16000], ref[CODEC_RATE]) if ref is not None else None
     spec = SessionSpec(args.task, rate, CODEC_RATE, settings, args.deterministic, args.seed, args.stage1)
     session = StreamSession(1, spec, geometry, stream_cfg.engine, processor.num_quantizers, reference)

@@ -5,11 +5,14 @@ tiny sizes); nothing in the tests is tied to the sizes of the bundled set.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub call must fail fast, never hang
+if "METIS_RT_CACHE_DIR" not in os.environ:  # measured thread plans: one folder per test run, shared by subprocesses
+    os.environ["METIS_RT_CACHE_DIR"] = tempfile.mkdtemp(prefix="metis-rt-test-cache-")
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_DIR / "tests" / "data"

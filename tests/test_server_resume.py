@@ -77,7 +77,10 @@ def _when(server_thread, condition, action, timeout_s=60):
 def test_a_stream_whose_socket_is_lost_resumes_on_the_other_worker_exactly(pair, speech, uninterrupted):
     (a, b), (x, sr) = pair, speech
     watcher = _when(a, lambda c: c.checkpoints_sent >= 2, lambda c: c.ws.transport.abort())
-    out, report = asyncio.run(stream_file([a.url, b.url], x, sample_rate=sr, options=OPTS))
+    # paced in real time, so that the loss falls mid-stream however fast the worker runs (a fast-paced 2.2 s file
+    # can end before its second checkpoint)
+    paced = dataclasses.replace(OPTS, realtime=True)
+    out, report = asyncio.run(stream_file([a.url, b.url], x, sample_rate=sr, options=paced))
     watcher.join()
     assert report["moves"] == 1 and report["restarts"] == 0
     assert len(out) == len(x)

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     lo.add_argument("--voices-dir", type=Path, help="folder of named voices (NAME.wav) for set/voice")
     lo.add_argument("--stream-config", type=Path, help="streaming config YAML (default configs/streaming.yaml)")
-    lo.add_argument("--threads", type=int, help="CPU threads for the models")
+    lo.add_argument("--threads", type=int, help="CPU threads for the models (default: speed.threads, auto = measured)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
@@ -209,6 +209,7 @@ def local_factory(args, settings: BridgeSettings, rate: int, processor=None):
     if processor is None:
         from metis_rt.pipeline.components import load_components, parse_dtype, resolve_config_for_tasks
         from metis_rt.streaming.processor import MetisWindowProcessor
+        from metis_rt.streaming.thread_probe import ProbeSettings
 
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -217,7 +218,9 @@ def local_factory(args, settings: BridgeSettings, rate: int, processor=None):
         check_codebooks(model_dir, cfg, tasks, official, stream_cfg)
         check_model_dir(model_dir, tasks, cfg)
         comps = load_components(model_dir, tasks, cfg, dtype=parse_dtype(args.dtype), device=device)
-        processor = MetisWindowProcessor(comps)
+        processor = MetisWindowProcessor(
+            comps, stream_cfg.speed.with_threads(args.threads), ProbeSettings(official, stream_cfg)
+        )
     voices = VoiceLibrary(args.voices_dir)
     reference = None
     if args.reference is not None:

@@ -159,6 +159,7 @@ class MetisModels:
         from metis_rt.streaming.processor import MetisWindowProcessor
         from metis_rt.streaming.session import SessionSpec, StreamSession
         from metis_rt.streaming.simulate import simulate
+        from metis_rt.streaming.thread_probe import ProbeSettings
 
         stream_cfg = self.stream_cfg
         try:
@@ -166,7 +167,8 @@ class MetisModels:
             geometry = Geometry.from_config(geometry_cfg)
         except ValueError as exc:
             raise ConfigError(f"stream geometry {chunk_ms}/{lookahead_ms} ms: {exc}") from None
-        processor = MetisWindowProcessor(self.comps)
+        stream = dataclasses.replace(stream_cfg, geometry=geometry_cfg)
+        processor = MetisWindowProcessor(self.comps, stream_cfg.speed, ProbeSettings(self.official, stream))
 
         def run(task: str, input_path: Path, enrollment: Path | None) -> np.ndarray:
             x = _read16(input_path)

@@ -1,24 +1,34 @@
 """How a streaming hop is run fast (issue 20): the eager fast path and ``torch.compile`` of the model stacks.
 
-Two independent switches, both set on the loaded components by :func:`apply_hop_speed`:
+Independent switches (``threads`` is applied by the processor, the others on the loaded components by
+:func:`apply_hop_speed`):
 
 * ``fast_path`` — the eager optimisations of :mod:`metis_rt.models.decoding`, :mod:`~metis_rt.models.stage1`,
   :mod:`~metis_rt.models.s2a` and :mod:`~metis_rt.models.transformer` (the mask schedule computed once per loop,
   no host round trip per step, the CFG pair sharing one step condition and one set of adaptive-norm scales, RoPE
-  tables cached, the S2A semantic embedding looked up once per window). Bit-identical to the previous code path,
-  which ``fast_path=False`` keeps selectable as the baseline.
-* ``compile`` — ``torch.compile`` of each diffusion transformer's :meth:`~DiffusionTransformer.guided` (the CFG
-  pair and the guidance in one graph) and of the w2v-BERT encoder, with dynamic shapes so one graph serves every
+  tables cached, the S2A semantic embedding looked up once per window), the step conditions and norm scales
+  remembered per decoding step across hops, and each layer's q/k/v and gate/up projections stacked into one matrix
+  product each (:meth:`~metis_rt.models.transformer.DiffusionTransformer.fuse`: the weights become views of the
+  stacked tensor, nothing is copied). Same results up to float rounding (the parity vectors pass on this path; in
+  float64 the decoded ids are those of the previous code path), which ``fast_path=False`` keeps selectable as the
+  baseline.
+* ``threads`` — the CPU intra-op thread count, measured on the streams' own hops by default
+  (:mod:`metis_rt.models.thread_choice`, :mod:`metis_rt.streaming.thread_probe`): on small models one thread is
+  two to three times as fast as torch's one per core.
+* ``compile`` — ``torch.compile`` of each diffusion transformer's :meth:`~DiffusionTransformer.guided_rows` (the
+  CFG pair and the guidance in one graph) and of the w2v-BERT encoder, with dynamic shapes so one graph serves every
   prompt length; on CUDA the compiled stacks run as CUDA graphs (``mode="reduce-overhead"``) unless
   ``cuda_graphs`` is off. Results match eager within float tolerance (fused kernels reorder sums), not bit for bit.
   ``"auto"`` compiles on CUDA only: on a CPU the first hops of a new shape family stall the engine while
   inductor compiles (minutes on a 2-core CPU: bench/RESULTS.md), so a CPU deployment opts in with ``"always"``.
 
-Settings: ``speed:`` in ``configs/streaming.yaml`` (``compile: auto|always|never``, ``fast_path``, ``cuda_graphs``).
+Settings: ``speed:`` in ``configs/streaming.yaml`` (``compile: auto|always|never``, ``fast_path``, ``cuda_graphs``,
+``threads: auto|default|N``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +38,7 @@ import torch
 log = logging.getLogger(__name__)
 
 COMPILE_CHOICES = ("auto", "always", "never")
+THREAD_CHOICES = ("auto", "default")
 # Compiled graph variants one code object may hold: stacks x (batch 1 / many) x (mask / none) x (CFG / none).
 RECOMPILE_LIMIT = 64
 
@@ -39,17 +50,26 @@ class HopSpeed:
     cuda_graphs: bool = True  # CUDA: run compiled stacks as CUDA graphs (mode="reduce-overhead")
     compile_ssl: bool = True  # also compile the w2v-BERT encoder when compiling
     compile_backend: str = "inductor"  # "eager": graph capture only, no code generation (bench dry runs)
+    threads: int | str = "auto"  # CPU intra-op threads: "auto" (measured), "default" (torch's), or a count
 
     def __post_init__(self):
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"speed.compile must be one of {', '.join(COMPILE_CHOICES)}, not {self.compile!r}")
+        if isinstance(self.threads, bool) or not (
+            self.threads in THREAD_CHOICES or (isinstance(self.threads, int) and self.threads >= 1)
+        ):
+            raise ValueError(f"speed.threads must be auto, default or a count >= 1, not {self.threads!r}")
+
+    def with_threads(self, threads: int | None) -> HopSpeed:
+        """These settings with a command line's ``--threads`` (None: unchanged)."""
+        return self if threads is None else dataclasses.replace(self, threads=threads)
 
     def compiles(self, device: torch.device) -> bool:
         return self.compile == "always" or (self.compile == "auto" and torch.device(device).type == "cuda")
 
 
-# The code path as it stood before issue 20: the baseline of bench/hop_speed.py.
-BASELINE = HopSpeed(fast_path=False, compile="never")
+# The code path as it stood before issue 20 (torch's default threads too): the baseline of bench/hop_speed.py.
+BASELINE = HopSpeed(fast_path=False, compile="never", threads="default")
 
 
 def apply_hop_speed(comps, speed: HopSpeed) -> list[str]:
@@ -68,9 +88,10 @@ def apply_hop_speed(comps, speed: HopSpeed) -> list[str]:
     for name, model in stacks.items():
         model.fast_path = speed.fast_path
         stack = model.diff_estimator
-        stack.__dict__.pop("guided", None)  # back to the class's eager method
+        stack.__dict__.pop("guided_rows", None)  # back to the class's eager method
+        stack.fuse(speed.fast_path)
         if use_compile:
-            stack.guided = _compiled(stack.guided, graphs, speed.compile_backend)
+            stack.guided_rows = _compiled(stack.guided_rows, graphs, speed.compile_backend)
             compiled.append(name)
     encoder = comps.ssl.encoder
     encoder.__dict__.pop("forward", None)

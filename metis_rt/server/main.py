@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-config", type=Path, help="streaming config YAML (default configs/streaming.yaml)")
     p.add_argument("--voices-dir", type=Path, help="folder of named reference voices for TSE/VC")
     p.add_argument("--deterministic", action="store_true", help="noise-free decoding (reproducible tests)")
-    p.add_argument("--threads", type=int, help="CPU threads for the models (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="CPU threads for the models (default: speed.threads, auto = measured)")
     m = p.add_argument_group("MQTT control (docs/mqtt.md)")
     m.add_argument(
         "--mqtt",
@@ -251,6 +251,7 @@ def build_server(args):
     from metis_rt.server.resume import model_identity
     from metis_rt.streaming.config import STREAMING_CONFIG
     from metis_rt.streaming.processor import MetisWindowProcessor
+    from metis_rt.streaming.thread_probe import ProbeSettings
 
     if args.threads is not None and args.threads < 1:  # checked first, whichever engine serves
         raise ConfigError("--threads must be at least 1")
@@ -311,7 +312,7 @@ def build_server(args):
         raise ConfigError(f"--device {args.device}: no CUDA device available")
     comps = load_components(model_dir, variants, cfg, dtype=parse_dtype(args.dtype), device=device)
     return MetisServer(
-        MetisWindowProcessor(comps, stream_cfg.speed),
+        MetisWindowProcessor(comps, stream_cfg.speed.with_threads(args.threads), ProbeSettings(official, stream_cfg)),
         official,
         stream_cfg,
         server_cfg,

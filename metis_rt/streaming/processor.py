@@ -13,6 +13,7 @@ very code path of the offline pipeline.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
@@ -24,9 +25,11 @@ from metis_rt.models.decoding import RowNoise
 from metis_rt.models.hop_speed import HopSpeed, apply_hop_speed
 from metis_rt.models.ssl import ExtractorOutput
 from metis_rt.models.stage1 import Stage1Inputs
+from metis_rt.models.thread_choice import WINDOW_FRAMES, ThreadPlan
 from metis_rt.pipeline.components import MetisComponents
 from metis_rt.pipeline.offline import MetisPipeline
 from metis_rt.streaming.geometry import CODEC_FRAME_SAMPLES, FEATURE_FRAMING_SAMPLES, SSL_FRAME_SAMPLES
+from metis_rt.streaming.thread_probe import ProbeSettings, thread_plan
 from metis_rt.streaming.window import ReferenceTokens, WindowJob, WindowResult
 
 
@@ -59,6 +62,12 @@ def left_pad(rows: list[torch.Tensor], value: int | float = 0) -> tuple[torch.Te
     return torch.stack(padded), torch.stack(mask).to(rows[0].device)
 
 
+def window_frames(job: WindowJob) -> int:
+    """The rows a window puts through the stacks at 50 Hz: its audio and, for TSE/VC, the reference in front."""
+    reference = 0 if job.reference is None else len(job.reference.semantic)
+    return len(job.audio_16k) // SSL_FRAME_SAMPLES + reference
+
+
 class IdentityProcessor:
     """Returns the unprocessed input over the decoded span: tests the windowing, crossfade and timing plumbing."""
 
@@ -82,14 +91,20 @@ class IdentityProcessor:
 
 
 class MetisWindowProcessor:
-    def __init__(self, comps: MetisComponents, speed: HopSpeed | None = None):
-        """``speed``: the eager fast path / compile settings (default :class:`HopSpeed`: fast path, compile on
-        CUDA only), applied to ``comps`` in place."""
+    def __init__(self, comps: MetisComponents, speed: HopSpeed | None = None, probe: ProbeSettings | None = None):
+        """``speed``: the eager fast path / compile / thread settings (default :class:`HopSpeed`: fast path, compile
+        on CUDA only, threads measured), applied to ``comps`` in place; ``probe``: the settings the streams will
+        run, for measuring the thread count (default: the package's)."""
         self.comps = comps
         self.speed = speed or HopSpeed()
-        self.compiled = apply_hop_speed(comps, self.speed)
         self.pipeline = MetisPipeline(comps)
         self.num_quantizers = comps.cfg.codec_decoder.num_quantizers
+        apply_hop_speed(comps, dataclasses.replace(self.speed, compile="never"))  # the probe runs eager
+        self.threads: ThreadPlan | None = None  # while the probe runs: the count it sets
+        self.threads = thread_plan(self, probe)  # CPU threads per amount of work
+        if self.threads is not None:
+            self.threads.apply(WINDOW_FRAMES)
+        self.compiled = apply_hop_speed(comps, self.speed)
 
     @torch.inference_mode()
     def prepare_reference(self, reference_16k: np.ndarray, reference_24k: np.ndarray) -> ReferenceTokens:
@@ -112,6 +127,8 @@ class MetisWindowProcessor:
 
     @torch.inference_mode()
     def run(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
+        if self.threads is not None:
+            self.threads.apply(sum(window_frames(j) for j in jobs))
         features = self._features(jobs)
         semantic = self._stage1(jobs, features)
         acoustic = self._s2a(jobs, semantic)
