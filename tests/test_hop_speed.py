@@ -256,3 +256,67 @@ def test_parity_vectors_run_on_the_stacked_fast_path(parity_dir):
     assert vd.speed is EAGER
     stacks = [m.diff_estimator for m in (*vd.comps.stage1.values(), vd.comps.s2a_1layer, vd.comps.s2a_full)]
     assert all(s._fused_plan() is not None for s in stacks)
+
+
+# --- the w2v-BERT encoder's fast pass ---------------------------------------------------------------------------------
+def _ssl(parity_dir):
+    from metis_rt.models.ssl import SslFeatures
+
+    ssl = SslFeatures.load(parity_dir / "se", dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # spread the weights (and the distance embeddings) so that every term matters
+        for p in ssl.encoder.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+    return ssl
+
+
+def test_w2v_fast_pass_gives_the_module_hidden_states(parity_dir):
+    ssl = _ssl(parity_dir)
+    g = torch.Generator().manual_seed(5)
+    for frames, batch in ((37, 1), (99, 3)):
+        wav = torch.randn(batch, frames * 320 + 240, generator=g).numpy() * 0.1
+        feats = [ssl.extract(w) for w in wav]
+        from metis_rt.models.ssl import ExtractorOutput
+
+        stacked = ExtractorOutput(
+            torch.cat([f.input_features for f in feats]), torch.cat([f.attention_mask for f in feats])
+        )
+        with torch.inference_mode():
+            assert ssl._fast.supports(stacked.attention_mask)
+            ssl.fast_path = False
+            want = ssl.hidden(stacked)
+            ssl.fast_path = True
+            got = ssl.hidden(stacked)
+        assert got.shape == want.shape == (batch, frames, ssl.dim)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert want.std() > 0.1  # not a degenerate output
+
+
+def test_w2v_fast_pass_steps_aside_for_padding_and_gradients_and_follows_weight_changes(parity_dir):
+    ssl = _ssl(parity_dir)
+    feats = ssl.extract(torch.randn(40 * 320 + 240, generator=torch.Generator().manual_seed(6)).numpy() * 0.1)
+    padded = feats.attention_mask.clone()
+    padded[0, -3:] = 0
+    assert not ssl._fast.supports(padded)
+    with torch.enable_grad():
+        assert not ssl._fast.supports(feats.attention_mask)
+    with torch.inference_mode():
+        before = ssl.hidden(feats)
+    layer = ssl.encoder.encoder.layers[0].self_attn
+    g = torch.Generator().manual_seed(7)
+    table = layer.distance_embedding.weight  # (a constant shift of every entry would cancel in the softmax)
+    updates = (
+        lambda: table.add_(torch.randn(table.shape, generator=g, dtype=table.dtype)),
+        lambda: layer.linear_k.weight.mul_(1.5),
+    )
+    for update in updates:
+        with torch.no_grad():
+            update()  # in place, as training or load_state_dict would
+        with torch.inference_mode():
+            ssl.fast_path = True
+            after = ssl.hidden(feats)
+            ssl.fast_path = False
+            want = ssl.hidden(feats)
+        assert not torch.allclose(after, before)
+        torch.testing.assert_close(after, want, rtol=1e-12, atol=1e-12)
+        before = after

@@ -102,8 +102,8 @@ def test_a_measured_plan_is_kept_on_disk_and_read_back(tmp_path, monkeypatch):
 
     cache = tmp_path / "plans.json"
     plan = thread_choice.measured_plan("k", probe_for, [1, 2], cache)
-    assert plan.steps == ((0, 1), (800, 2))  # one window: 1 thread; eight: 2 threads
-    assert plan.threads_for(100) == 1 and plan.threads_for(799) == 1 and plan.threads_for(800) == 2
+    assert plan.steps == ((0, 1), (282, 2))  # one window: 1 thread; eight: 2 threads; switch at sqrt(100 * 800)
+    assert plan.threads_for(100) == 1 and plan.threads_for(281) == 1 and plan.threads_for(282) == 2
     assert set(runs) == {1, 8}
     monkeypatch.setattr(thread_choice, "_chosen", {})  # a new process
     runs.clear()

@@ -18,6 +18,7 @@ from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Ve
 
 from metis_rt.errors import CheckpointError
 from metis_rt.models.checkpoints import load_module
+from metis_rt.models.ssl_fast import FastEncoder
 
 SSL_SAMPLE_RATE = 16000
 W2V_DIR = "w2v-bert-2.0"
@@ -53,6 +54,8 @@ class SslFeatures(nn.Module):
         self.encoder = encoder
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", torch.sqrt(var), persistent=False)
+        self.fast_path = True  # issue 20: the encoder's fast pass (same arithmetic); False: the module
+        self._fast = FastEncoder(encoder)
 
     @property
     def dim(self) -> int:
@@ -65,8 +68,13 @@ class SslFeatures(nn.Module):
         return ExtractorOutput(out["input_features"], out["attention_mask"].long())
 
     def hidden(self, feats: ExtractorOutput) -> torch.Tensor:
-        """Raw hidden states of the last built layer [B, T, D] (= ``hidden_states[17]``)."""
+        """Raw hidden states of the last built layer [B, T, D] (= ``hidden_states[17]``).
+
+        Windows (eval, no gradient, no padding) take the fast pass of :mod:`metis_rt.models.ssl_fast`; anything
+        else, and ``fast_path = False``, the ``transformers`` module."""
         device, dtype = self.mean.device, self.mean.dtype
+        if self.fast_path and self._fast.supports(feats.attention_mask):
+            return self._fast(feats.input_features.to(device=device, dtype=dtype))
         out = self.encoder(
             input_features=feats.input_features.to(device=device, dtype=dtype),
             attention_mask=feats.attention_mask.to(device),

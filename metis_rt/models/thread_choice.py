@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's choice for this process, before anything changed it
 MARGIN = 0.10  # a larger thread count wins only when it is at least this much faster
-REPEATS = 2  # interleaved timed repeats per candidate (after one untimed warm-up each)
+REPEATS = 3  # interleaved timed repeats per candidate (after one untimed warm-up each)
 SLOW_PROBE_S = 2.0  # a probe slower than this is timed once per candidate, and larger batches are not probed
 WINDOW_FRAMES = 100  # rows of one default window at 50 Hz (1600 ms left context + 400 ms new)
 PROBE_BATCHES = (1, 8)  # windows per probe step: the work sizes a plan distinguishes
@@ -54,7 +55,8 @@ Probe = Callable[[], float]  # runs one engine step, returns its seconds
 @dataclass(frozen=True)
 class ThreadPlan:
     """A thread count per amount of work: ``steps`` = ((frames, threads), ...) by increasing frames; a step of F
-    window frames (all its windows' rows, references included) takes the count of the largest entry <= F."""
+    window frames (all its windows' rows, references included) takes the count of the largest entry <= F. A
+    measured plan switches halfway (the geometric mean) between the two probe sizes that chose differently."""
 
     steps: tuple[tuple[int, int], ...]
 
@@ -127,14 +129,15 @@ def _measure(probe_for: Callable[[int], tuple[Probe, int]], candidates: list[int
     if len(candidates) == 1:  # one core: nothing to choose
         return ThreadPlan(((0, candidates[0]),))
     steps: list[tuple[int, int]] = []
-    seen = []
+    seen, last_frames = [], 0
     for batch in PROBE_BATCHES:
         probe, frames = probe_for(batch)
         medians, slow = time_candidates(probe, candidates)
         threads = pick(medians)
         seen.append(f"{frames} frames: {describe(medians)}")
-        if not steps or steps[-1][1] != threads:
-            steps.append((0 if not steps else frames, threads))
+        if not steps or steps[-1][1] != threads:  # switch halfway (geometrically) between two measured sizes
+            steps.append((0 if not steps else math.isqrt(last_frames * frames), threads))
+        last_frames = frames
         if slow:
             break
     plan = ThreadPlan(tuple(steps))
