@@ -7,11 +7,12 @@ Independent switches (``threads`` is applied by the processor, the others on the
   :mod:`~metis_rt.models.s2a` and :mod:`~metis_rt.models.transformer` (the mask schedule computed once per loop,
   no host round trip per step, the CFG pair sharing one step condition and one set of adaptive-norm scales, RoPE
   tables cached, the S2A semantic embedding looked up once per window), the step conditions and norm scales
-  remembered per decoding step across hops, and each layer's q/k/v and gate/up projections stacked into one matrix
+  remembered per decoding step across hops, each layer's q/k/v and gate/up projections stacked into one matrix
   product each (:meth:`~metis_rt.models.transformer.DiffusionTransformer.fuse`: the weights become views of the
-  stacked tensor, nothing is copied). Same results up to float rounding (the parity vectors pass on this path; in
-  float64 the decoded ids are those of the previous code path), which ``fast_path=False`` keeps selectable as the
-  baseline.
+  stacked tensor, nothing is copied), and w2v-BERT through :mod:`metis_rt.models.ssl_fast` (functional calls on
+  the module's parameters, q/k/v stacked, the relative-position tables kept per window length). Same results up
+  to float rounding (the parity vectors pass on this path; in float64 the decoded ids are those of the previous
+  code path), which ``fast_path=False`` keeps selectable as the baseline.
 * ``threads`` — the CPU intra-op thread count, measured on the streams' own hops by default
   (:mod:`metis_rt.models.thread_choice`, :mod:`metis_rt.streaming.thread_probe`): on small models one thread is
   two to three times as fast as torch's one per core.
@@ -93,6 +94,8 @@ def apply_hop_speed(comps, speed: HopSpeed) -> list[str]:
         if use_compile:
             stack.guided_rows = _compiled(stack.guided_rows, graphs, speed.compile_backend)
             compiled.append(name)
+    # the w2v-BERT fast pass (models/ssl_fast.py), unless the module is compiled instead
+    comps.ssl.fast_path = speed.fast_path and not (use_compile and speed.compile_ssl)
     encoder = comps.ssl.encoder
     encoder.__dict__.pop("forward", None)
     if use_compile and speed.compile_ssl:

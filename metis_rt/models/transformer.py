@@ -357,12 +357,12 @@ class DiffusionTransformer(nn.Module):
         # inference tensors (models loaded under inference mode) keep no version: they are never trained in place
         return tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in self._condition_params())
 
-    def _condition_params(self):
-        yield from self.diff_step_mlp.parameters()
+    def _condition_params(self) -> list[torch.Tensor]:
+        """The step MLP's and every adaptive norm's weights and biases (direct attribute reads: called per step)."""
+        linears = [self.diff_step_mlp[0], self.diff_step_mlp[2], self.norm.to_weight]
         for lay in self.layers:
-            yield from lay.input_layernorm.parameters()
-            yield from lay.post_attention_layernorm.parameters()
-        yield from self.norm.parameters()
+            linears += (lay.input_layernorm.to_weight, lay.post_attention_layernorm.to_weight)
+        return [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
 
     def guided_rows(
         self,
