@@ -290,6 +290,8 @@ class DiffusionTransformer(nn.Module):
         plan = self.__dict__.get("_plan")
         if plan is None:
             return None
+        if torch.compiler.is_compiling():  # traced once per graph (data_ptr would break it); fuse() again after a move
+            return plan[0]
         for lin, weight, pointer in plan[1]:
             if lin.weight is not weight or weight.data_ptr() != pointer:
                 return None
