@@ -433,6 +433,9 @@ class Connection:
             try:
                 async with asyncio.timeout(self.server.cfg.send_timeout_s):
                     if item is FLUSHED:
+                        stats = self._stats()  # the stream's final figures, however short it was
+                        if stats is not None:
+                            await self.ws.send(proto.encode(stats))
                         await self._report_drops()
                         self.session.reset()
                         self.dropped_reported_ms = 0.0
@@ -477,6 +480,22 @@ class Connection:
         self.flushed.set()
         self.ws.transport.abort()  # a close frame would wait behind the unread data: end the TCP connection
 
+    def _stats(self) -> proto.Stats | None:
+        """The stream's figures now (None before its first hop)."""
+        snap = self.session.metrics.snapshot()
+        if snap["hops"] == 0:
+            return None
+        return proto.Stats(
+            round(snap["rtf"], 3),
+            round(snap["hop_compute_ms_p50"], 1),
+            round(snap["queue_ms"], 1),
+            round(snap["dropped_ms"], 1),
+            round(snap["latency_ms_p50"], 1),
+            int(snap["hops"]),
+            self.resume_history[0],
+            round(self.resume_history[1], 1),
+        )
+
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.server.cfg.stats_interval_s)
@@ -487,19 +506,10 @@ class Connection:
                 self._queue_event(proto.ErrorEvent("engine_error", f"processing failed: {session.error}"))
                 await self.ws.close(CLOSE_INTERNAL, "processing failed")
                 return
-            snap = session.metrics.snapshot()
-            if snap["hops"] == 0:
+            stats = self._stats()
+            if stats is None:
                 continue  # nothing measured yet: no zeros that look like measurements
-            stats = proto.Stats(
-                round(snap["rtf"], 3),
-                round(snap["hop_compute_ms_p50"], 1),
-                round(snap["queue_ms"], 1),
-                round(snap["dropped_ms"], 1),
-                round(snap["latency_ms_p50"], 1),
-                int(snap["hops"]),
-                self.resume_history[0],
-                round(self.resume_history[1], 1),
-            )
+            snap = session.metrics.snapshot()
             self._queue_event(stats)
             self.server.session_stats(self, stats)
             # a task switch restarts the stream's counters
