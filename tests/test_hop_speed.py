@@ -34,6 +34,16 @@ def _s2a(dtype=torch.float64, num_layers=2):
     return _spread(S2AModel(cfg), dtype)
 
 
+def _s2a_case():
+    """(generator, semantic ids, prompt ids, prompt mask, generate kwargs) of two rows, one left-padded."""
+    g = torch.Generator().manual_seed(3)
+    semantic = torch.randint(0, 64, (2, 12), generator=g)
+    prompt = torch.randint(0, 32, (2, 4, 3), generator=g)
+    mask = torch.tensor([[False, True, True, True], [True] * 4])
+    kwargs = {"cfg": 2.5, "rescale_cfg": 0.75, "temperature": 1.5, "filter_thres": 0.9, "prompt_mask": mask}
+    return g, semantic, prompt, mask, kwargs
+
+
 def _both_paths(model, run):
     model.fast_path = False
     before = run()
@@ -59,11 +69,7 @@ def test_stage1_fast_path_gives_the_previous_ids_bit_for_bit(cfg_scale):
 
 def test_s2a_fast_path_gives_the_previous_ids_and_hidden_states_bit_for_bit():
     model = _s2a()
-    g = torch.Generator().manual_seed(3)
-    semantic = torch.randint(0, 64, (2, 12), generator=g)
-    prompt = torch.randint(0, 32, (2, 4, 3), generator=g)
-    mask = torch.tensor([[False, True, True, True], [True] * 4])
-    kwargs = {"cfg": 2.5, "rescale_cfg": 0.75, "temperature": 1.5, "filter_thres": 0.9, "prompt_mask": mask}
+    g, semantic, prompt, mask, kwargs = _s2a_case()
     with torch.inference_mode():
         before, after = _both_paths(
             model, lambda: model.generate(semantic, prompt, (6, 3, 1), noise=GumbelNoise(5), **kwargs)
@@ -180,11 +186,7 @@ def test_stacked_projections_give_the_module_path_results_and_leave_the_weights_
 
 def test_s2a_decoding_on_stacked_projections_gives_the_module_path_ids():
     model = _s2a()
-    g = torch.Generator().manual_seed(3)
-    semantic = torch.randint(0, 64, (2, 12), generator=g)
-    prompt = torch.randint(0, 32, (2, 4, 3), generator=g)
-    mask = torch.tensor([[False, True, True, True], [True] * 4])
-    kwargs = {"cfg": 2.5, "rescale_cfg": 0.75, "temperature": 1.5, "filter_thres": 0.9, "prompt_mask": mask}
+    g, semantic, prompt, mask, kwargs = _s2a_case()
     runs = []
     for fused in (False, True):
         model.diff_estimator.fuse(fused)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metis_rt.models.weight_stamp import stamp, unchanged
+
 TABLE_CACHE_SIZE = 16  # window lengths whose relative-position tables are kept per layer
 
 
@@ -60,15 +62,14 @@ class FastEncoder:
         params = [getattr(layer.self_attn, n) for layer in layers for n in ("linear_q", "linear_k", "linear_v")]
         watched = [t for lin in params for t in (lin.weight, lin.bias)]
         watched += [layer.self_attn.distance_embedding.weight for layer in layers]
-        stamp = tuple((t, t.data_ptr(), _version(t)) for t in watched)
-        if self._stacked is None or not _same(self._stacked[0], stamp):
+        if self._stacked is None or not unchanged(self._stacked[0], watched):
             stacked = []
             for i in range(len(layers)):
                 q, k, v = params[3 * i : 3 * i + 3]
                 stacked.append(
                     (torch.cat([q.weight, k.weight, v.weight]).detach(), torch.cat([q.bias, k.bias, v.bias]).detach())
                 )
-            self._stacked = (stamp, stacked)
+            self._stacked = (stamp(watched), stacked)
             self._tables.clear()  # the distance embeddings may have changed too
         return self._stacked[1]
 
@@ -87,15 +88,6 @@ class FastEncoder:
                 tables.append(attn.distance_embedding(distance).to(dtype).detach())
             self._tables[key] = tables
         return self._tables[key]
-
-
-def _version(t: torch.Tensor) -> int:
-    return 0 if t.is_inference() else t._version
-
-
-def _same(a: tuple, b: tuple) -> bool:
-    """The same tensors (identity), at the same address, not modified in place since."""
-    return len(a) == len(b) and all(x[0] is y[0] and x[1:] == y[1:] for x, y in zip(a, b, strict=True))
 
 
 def _ln(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metis_rt.models.checkpoints import compute_dtype
+from metis_rt.models.weight_stamp import stamp, unchanged
 
 RMS_EPS = 1e-6
 ROPE_THETA = 10000.0
@@ -268,8 +269,10 @@ class DiffusionTransformer(nn.Module):
 
         On: every layer's projections share stacked weights (:func:`fuse_projections`) and :meth:`_stack` runs
         :func:`_fused_layer` instead of the modules. Off (or LoRA-wrapped layers): the modules, one projection per
-        call, as before issue 20. Returns whether the stacked path is in use.
+        call, as before issue 20. Returns whether the stacked path is in use. Fusing fused weights again is a no-op.
         """
+        if on and self._fused_plan() is not None:
+            return True
         self.__dict__.pop("_plan", None)
         if not on:
             return False
@@ -280,22 +283,22 @@ class DiffusionTransformer(nn.Module):
             if qkv is None or gate_up is None:
                 return False
             plan.append((qkv, attn.o_proj.weight, gate_up, mlp.down_proj.weight))
-        linears = [getattr(lay.self_attn, n) for lay in self.layers for n in (*QKV, "o_proj")]
-        linears += [getattr(lay.mlp, n) for lay in self.layers for n in (*GATE_UP, "down_proj")]
-        self._plan = (tuple(plan), [(lin, lin.weight, lin.weight.data_ptr()) for lin in linears])
+        self._plan = (tuple(plan), stamp(self._projection_weights(), versions=False))
         return True
 
+    def _projection_weights(self) -> list[torch.Tensor]:
+        weights = [getattr(lay.self_attn, n).weight for lay in self.layers for n in (*QKV, "o_proj")]
+        return weights + [getattr(lay.mlp, n).weight for lay in self.layers for n in (*GATE_UP, "down_proj")]
+
     def _fused_plan(self):
-        """The stacked weights while every projection still views them (not after a move or a replaced weight)."""
+        """The stacked weights while every projection still views them (not after a move or a replaced weight;
+        an in-place update changes the views and the stacked tensor alike)."""
         plan = self.__dict__.get("_plan")
         if plan is None:
             return None
         if torch.compiler.is_compiling():  # traced once per graph (data_ptr would break it); fuse() again after a move
             return plan[0]
-        for lin, weight, pointer in plan[1]:
-            if lin.weight is not weight or weight.data_ptr() != pointer:
-                return None
-        return plan[0]
+        return plan[0] if unchanged(plan[1], self._projection_weights(), versions=False) else None
 
     def _stack(self, h, c, scales, key_mask):
         rope = self.rope(h.shape[1], h.device, h.dtype)
@@ -339,9 +342,9 @@ class DiffusionTransformer(nn.Module):
         :func:`~metis_rt.models.decoding.step_times`) while the weights they come from are unchanged.
         """
         key = (id(t), dtype)
-        stamp = self._condition_stamp()
+        weights = self._condition_params()
         hit = self._condition_cache.get(key)
-        if hit is not None and hit[0] is t and hit[1] == stamp:
+        if hit is not None and hit[0] is t and unchanged(hit[1], weights):
             return hit[2], hit[3]
         c = self.step_condition(t, dtype)
         scales = [
@@ -351,16 +354,12 @@ class DiffusionTransformer(nn.Module):
         if not torch.compiler.is_compiling() and not torch.is_grad_enabled():
             if len(self._condition_cache) >= CONDITION_CACHE_SIZE:
                 self._condition_cache.clear()
-            self._condition_cache[key] = (t, stamp, c, scales)
+            self._condition_cache[key] = (t, stamp(weights), c, scales)
         return c, scales
 
-    def _condition_stamp(self) -> tuple:
-        """Identity and version of every weight the step condition and the norm scales are computed from."""
-        # inference tensors (models loaded under inference mode) keep no version: they are never trained in place
-        return tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in self._condition_params())
-
     def _condition_params(self) -> list[torch.Tensor]:
-        """The step MLP's and every adaptive norm's weights and biases (direct attribute reads: called per step)."""
+        """The weights the step condition and the norm scales come from: the step MLP's and every adaptive norm's
+        (direct attribute reads: called per decoding step)."""
         linears = [self.diff_step_mlp[0], self.diff_step_mlp[2], self.norm.to_weight]
         for lay in self.layers:
             linears += (lay.input_layernorm.to_weight, lay.post_attention_layernorm.to_weight)

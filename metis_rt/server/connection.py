@@ -480,9 +480,9 @@ class Connection:
         self.flushed.set()
         self.ws.transport.abort()  # a close frame would wait behind the unread data: end the TCP connection
 
-    def _stats(self) -> proto.Stats | None:
-        """The stream's figures now (None before its first hop)."""
-        snap = self.session.metrics.snapshot()
+    def _stats(self, snap: dict | None = None) -> proto.Stats | None:
+        """The stream's figures (``snap``: a metrics snapshot already taken; None before its first hop)."""
+        snap = self.session.metrics.snapshot() if snap is None else snap
         if snap["hops"] == 0:
             return None
         return proto.Stats(
@@ -506,10 +506,10 @@ class Connection:
                 self._queue_event(proto.ErrorEvent("engine_error", f"processing failed: {session.error}"))
                 await self.ws.close(CLOSE_INTERNAL, "processing failed")
                 return
-            stats = self._stats()
+            snap = session.metrics.snapshot()
+            stats = self._stats(snap)
             if stats is None:
                 continue  # nothing measured yet: no zeros that look like measurements
-            snap = session.metrics.snapshot()
             self._queue_event(stats)
             self.server.session_stats(self, stats)
             # a task switch restarts the stream's counters

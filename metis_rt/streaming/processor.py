@@ -99,12 +99,14 @@ class MetisWindowProcessor:
         self.speed = speed or HopSpeed()
         self.pipeline = MetisPipeline(comps)
         self.num_quantizers = comps.cfg.codec_decoder.num_quantizers
-        apply_hop_speed(comps, dataclasses.replace(self.speed, compile="never"))  # the probe runs eager
+        eager = dataclasses.replace(self.speed, compile="never")
+        self.compiled = apply_hop_speed(comps, eager)  # the probe runs eager
         self.threads: ThreadPlan | None = None  # while the probe runs: the count it sets
         self.threads = thread_plan(self, probe)  # CPU threads per amount of work
         if self.threads is not None:
             self.threads.apply(WINDOW_FRAMES)
-        self.compiled = apply_hop_speed(comps, self.speed)
+        if self.speed.compiles(comps.device):
+            self.compiled = apply_hop_speed(comps, self.speed)
 
     @torch.inference_mode()
     def prepare_reference(self, reference_16k: np.ndarray, reference_24k: np.ndarray) -> ReferenceTokens:

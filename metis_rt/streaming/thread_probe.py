@@ -47,9 +47,11 @@ def thread_plan(processor, probe: ProbeSettings | None = None) -> ThreadPlan | N
     """The processor's ``speed.threads`` as a plan (None: torch's setting left alone), measured by probe steps
     for ``"auto"`` on a CPU. Call with the eager fast path in place (the probe runs what the streams will run)."""
     setting, device = processor.speed.threads, processor.comps.device
+    if setting != "auto":
+        return resolve_threads(setting, device)
     task = probe_task(processor)
-    if setting != "auto" or task is None:
-        return resolve_threads(setting, device) if setting != "auto" else None
+    if task is None:
+        return None
     probe = probe or ProbeSettings()
     settings = stream_decoding(probe.official, task, probe.stream.steps_for(task))
     key = plan_key(architecture_key(processor.comps), task, settings, probe.stream.geometry)
