@@ -9,6 +9,7 @@ import torch
 from metis_rt.config import S2AConfig, Stage1Config, Stage1Decoding
 from metis_rt.models.decoding import (
     GumbelNoise,
+    RowNoise,
     ZeroNoise,
     apply_cfg,
     mask_schedule,
@@ -56,6 +57,21 @@ def test_gumbel_noise_is_seeded_and_zero_noise_is_zero():
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.dtype == torch.float64
     assert not ZeroNoise().gumbel(torch.Size([3]), like).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_noise_gives_each_row_its_own_streams_draws_bit_for_bit(dtype):
+    like, shape = torch.zeros(1, dtype=dtype), torch.Size([3, 4, 6])
+    alone = [GumbelNoise(seed).gumbel(torch.Size([1, 4, 6]), like) for seed in (1, 2, 3)]
+    rows = RowNoise([GumbelNoise(seed) for seed in (1, 2, 3)])  # seeded rows: one transform for the batch
+    assert rows._uniform
+    assert torch.equal(rows.gumbel(shape, like), torch.cat(alone))
+    mixed = RowNoise([GumbelNoise(1), ZeroNoise(), GumbelNoise(3)])  # a noise-free stream batched with others
+    assert not mixed._uniform
+    got = mixed.gumbel(shape, like)
+    assert torch.equal(got[0], alone[0][0]) and not got[1].any() and torch.equal(got[2], alone[2][0])
+    with pytest.raises(ValueError, match="3 rows but 2 noise sources"):
+        RowNoise([GumbelNoise(1), GumbelNoise(2)]).gumbel(shape, like)
 
 
 def test_cfg_uses_per_row_statistics():

@@ -8,7 +8,7 @@ from metis_rt.models.decoding import GumbelNoise, SamplingParams, ZeroNoise, mas
 from metis_rt.models.hop_speed import BASELINE, HopSpeed, apply_hop_speed
 from metis_rt.models.s2a import S2AModel
 from metis_rt.models.stage1 import Stage1Inputs, Stage1Model
-from metis_rt.models.transformer import DiffusionTransformer
+from metis_rt.models.transformer import DiffusionTransformer, guide
 
 
 def _spread(model: torch.nn.Module, dtype=torch.float64) -> torch.nn.Module:
@@ -182,6 +182,26 @@ def test_stacked_projections_give_the_module_path_results_and_leave_the_weights_
     assert all(p is params[n] for n, p in model.named_parameters())  # same Parameter objects, now views
     q = stack.layers[0].self_attn.q_proj.weight
     assert q.data_ptr() == stack._fused_plan()[0][0].data_ptr()  # q's rows are the stacked tensor's first rows
+
+
+@pytest.mark.parametrize("prefix_rows", [0, 3])
+def test_cfg_pair_packed_in_one_sequence_equals_two_separate_passes(prefix_rows):
+    stack = _s2a().diff_estimator
+    assert stack.fuse()
+    x, x_u, mask = _stack_inputs()
+    prefix = torch.randn(2, prefix_rows, x.shape[-1], dtype=x.dtype) if prefix_rows else None
+    if prefix is not None:
+        mask = torch.cat([torch.ones(2, prefix_rows, dtype=torch.bool), mask], dim=1)
+    t = torch.full((2,), 0.6)
+    with torch.inference_mode():
+        c, scales = stack.conditioning(t, x.dtype)
+        got = stack.guided_rows(x, c, scales, 4, prefix=prefix, key_mask=mask, uncond_x=x_u, cfg=2.5, rescale=0.75)
+        h = x if prefix is None else torch.cat([prefix, x], dim=1)
+        cond = stack._stack(h, c, scales, mask)[:, prefix_rows + 4 :]  # the pair as two calls
+        uncond = stack._stack(x_u, c, scales, None)
+    torch.testing.assert_close(got[0], cond, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[1], guide(cond, uncond, 2.5, 0.75), rtol=1e-12, atol=1e-12)
+    assert x_u.shape[1] != h.shape[1]  # no padding: the halves keep their own lengths and positions
 
 
 def test_s2a_decoding_on_stacked_projections_gives_the_module_path_ids():

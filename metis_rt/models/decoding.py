@@ -58,22 +58,39 @@ class GumbelNoise:
         else:
             self.generator.manual_seed(seed)
 
+    def uniform(self, shape: torch.Size) -> torch.Tensor:
+        """The float32 U(0, 1) draw behind :meth:`gumbel` (advances the generator the same way)."""
+        return torch.rand(shape, generator=self.generator, device=self.generator.device, dtype=torch.float32)
+
     def gumbel(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-        u = torch.rand(shape, generator=self.generator, device=self.generator.device, dtype=torch.float32)
-        u = u.to(device=like.device, dtype=like.dtype)
-        return -torch.log(-torch.log(u + GUMBEL_EPS) + GUMBEL_EPS)
+        return gumbel_from_uniform(self.uniform(shape), like)
+
+
+def gumbel_from_uniform(u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``-log(-log(u + eps) + eps)`` in the dtype/device of ``like`` (elementwise: rows can be transformed apart
+    or together with the same result)."""
+    u = u.to(device=like.device, dtype=like.dtype)
+    return -torch.log(-torch.log(u + GUMBEL_EPS) + GUMBEL_EPS)
 
 
 class RowNoise:
-    """One noise source per batch row (each stream keeps its own seeded generator when batched)."""
+    """One noise source per batch row (each stream keeps its own seeded generator when batched).
+
+    Seeded rows draw their uniforms from their own generators, then one transform serves the whole batch: the same
+    values as each row's :meth:`GumbelNoise.gumbel`, in a few calls instead of a few per row."""
 
     def __init__(self, sources: list[NoiseSource]):
         self.sources = sources
+        seeded = all(isinstance(src, GumbelNoise) for src in sources)
+        self._uniform = seeded and len({src.generator.device for src in sources}) <= 1
 
     def gumbel(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
         if shape[0] != len(self.sources):
             raise ValueError(f"batch of {shape[0]} rows but {len(self.sources)} noise sources")
-        return torch.cat([src.gumbel(torch.Size([1, *shape[1:]]), like) for src in self.sources])
+        row = torch.Size([1, *shape[1:]])
+        if self._uniform:
+            return gumbel_from_uniform(torch.cat([src.uniform(row) for src in self.sources]), like)
+        return torch.cat([src.gumbel(row, like) for src in self.sources])
 
 
 def top_k_filter(logits: torch.Tensor, filter_thres: float) -> torch.Tensor:

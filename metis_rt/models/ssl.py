@@ -18,6 +18,7 @@ from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Ve
 
 from metis_rt.errors import CheckpointError
 from metis_rt.models.checkpoints import load_module
+from metis_rt.models.fbank import FRAME, Fbank
 from metis_rt.models.ssl_fast import FastEncoder
 
 SSL_SAMPLE_RATE = 16000
@@ -54,8 +55,9 @@ class SslFeatures(nn.Module):
         self.encoder = encoder
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", torch.sqrt(var), persistent=False)
-        self.fast_path = True  # issue 20: the encoder's fast pass (same arithmetic); False: the module
+        self.fast_path = True  # issue 20: batched torch fbank + the encoder's fast pass; False: transformers' own
         self._fast = FastEncoder(encoder)
+        self._fbank = Fbank(extractor) if isinstance(extractor, SeamlessM4TFeatureExtractor) else None
 
     @property
     def dim(self) -> int:
@@ -63,9 +65,22 @@ class SslFeatures(nn.Module):
 
     def extract(self, wav_16k: np.ndarray | torch.Tensor) -> ExtractorOutput:
         """16 kHz mono waveform [N] -> extractor output (float32, as the reference)."""
-        wav = wav_16k.detach().cpu().numpy() if isinstance(wav_16k, torch.Tensor) else np.asarray(wav_16k)
-        out = self.extractor(wav.astype(np.float32), sampling_rate=SSL_SAMPLE_RATE, return_tensors="pt")
-        return ExtractorOutput(out["input_features"], out["attention_mask"].long())
+        return self.extract_batch([wav_16k])
+
+    def extract_batch(self, wavs_16k: list[np.ndarray | torch.Tensor]) -> ExtractorOutput:
+        """Equal-length 16 kHz mono waveforms -> one extractor output of len(wavs) rows.
+
+        The fast path computes them together (:mod:`metis_rt.models.fbank`: the extractor's features to float32
+        rounding); otherwise, or for waveforms shorter than one frame, the ``transformers`` extractor one by one."""
+        wavs = [w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w) for w in wavs_16k]
+        if len({len(w) for w in wavs}) != 1:
+            raise ValueError(f"extract_batch needs equal lengths, got {sorted({len(w) for w in wavs})}")
+        if self.fast_path and self._fbank is not None and len(wavs[0]) >= FRAME:
+            return ExtractorOutput(*self._fbank(np.stack(wavs).astype(np.float32, copy=False)))
+        outs = [self.extractor(w.astype(np.float32), sampling_rate=SSL_SAMPLE_RATE, return_tensors="pt") for w in wavs]
+        return ExtractorOutput(
+            torch.cat([o["input_features"] for o in outs]), torch.cat([o["attention_mask"].long() for o in outs])
+        )
 
     def hidden(self, feats: ExtractorOutput) -> torch.Tensor:
         """Raw hidden states of the last built layer [B, T, D] (= ``hidden_states[17]``).

@@ -13,8 +13,9 @@ Numerically delicate parts (RMS variance, softmax, RoPE tables, timestep frequen
 passes share one step condition and one set of adaptive-norm scales (remembered per timestep tensor across hops),
 RoPE tables are cached per length, and after :meth:`DiffusionTransformer.fuse` each layer runs as
 :func:`_fused_layer`: q/k/v in one product, gate/up in one, RoPE on q and k at once, torch's fused RMS norm, no
-module calls. :meth:`DiffusionTransformer.guided_rows` is what ``torch.compile`` captures
-(:mod:`metis_rt.models.hop_speed`). Unfused, its eager results are bit-identical to two
+module calls; the CFG pair then runs packed along the sequence axis (:meth:`DiffusionTransformer._packed_pair`):
+one set of products per layer for both passes, two attention calls. :meth:`DiffusionTransformer.guided_rows` is
+what ``torch.compile`` captures (:mod:`metis_rt.models.hop_speed`). Unfused, its eager results are bit-identical to two
 :meth:`DiffusionTransformer.forward` calls followed by :func:`guide`; fused, equal up to float rounding.
 """
 
@@ -114,14 +115,27 @@ def _norm(h: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     return y if y.dtype == h.dtype else y.to(h.dtype)
 
 
-def _fused_layer(h, weights, scales, rope, key_mask, heads: int, eps: float) -> torch.Tensor:
-    """One :class:`DecoderLayer` on stacked weights (qkv, o, gate_up, down): the fast path's few, larger calls."""
+def _attend(q, k, v, key_mask, split: int | None) -> torch.Tensor:
+    """Global attention over [B, heads, L, head_dim]; ``split``: rows ``[:split]`` and ``[split:]`` are two
+    sequences packed along L (the CFG pair), each attending only to itself; ``key_mask`` belongs to the first."""
+    attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+    if split is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    first = F.scaled_dot_product_attention(q[:, :, :split], k[:, :, :split], v[:, :, :split], attn_mask=attn_mask)
+    second = F.scaled_dot_product_attention(q[:, :, split:], k[:, :, split:], v[:, :, split:])
+    return torch.cat([first, second], dim=2)
+
+
+def _fused_layer(h, weights, scales, rope, key_mask, heads: int, eps: float, split: int | None = None):
+    """One :class:`DecoderLayer` on stacked weights (qkv, o, gate_up, down): the fast path's few, larger calls.
+
+    ``split``: ``h`` holds two sequences packed along L (:func:`_attend`); everything but attention is per row,
+    so both run through one set of products."""
     qkv_w, o_w, gate_up_w, down_w = weights
     b, n, _ = h.shape
     qkv = F.linear(_norm(h, scales[0], eps), qkv_w).view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k = apply_rope(qkv[:2], *rope).unbind(0)  # RoPE on q and k at once
-    attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=attn_mask)
+    out = _attend(q, k, qkv[2], key_mask, split)
     h = h + F.linear(out.transpose(1, 2).reshape(b, n, -1), o_w)
     gate, up = F.linear(_norm(h, scales[1], eps), gate_up_w).chunk(2, dim=-1)
     return h + F.linear(F.silu(gate) * up, down_w)
@@ -264,6 +278,22 @@ class DiffusionTransformer(nn.Module):
             self._rope_cache[key] = rope_tables(length, self.head_dim, device, dtype)
         return self._rope_cache[key]
 
+    def pair_rope(self, first: int, second: int, device: torch.device, dtype: torch.dtype):
+        """RoPE tables of two sequences packed along L, each with positions from 0 (cached like :meth:`rope`)."""
+        if torch.compiler.is_compiling():
+            tables = (
+                rope_tables(first, self.head_dim, device, dtype),
+                rope_tables(second, self.head_dim, device, dtype),
+            )
+            return tuple(torch.cat(pair) for pair in zip(*tables, strict=True))
+        key = ("pair", first, second, device, dtype)
+        if key not in self._rope_cache:
+            tables = (self.rope(first, device, dtype), self.rope(second, device, dtype))
+            if len(self._rope_cache) >= ROPE_CACHE_SIZE:
+                self._rope_cache.clear()
+            self._rope_cache[key] = tuple(torch.cat(pair) for pair in zip(*tables, strict=True))
+        return self._rope_cache[key]
+
     def fuse(self, on: bool = True) -> bool:
         """The fast path's stacked weights per layer (q/k/v and gate/up in one product each) on or off.
 
@@ -307,10 +337,22 @@ class DiffusionTransformer(nn.Module):
             for layer, layer_scales in zip(self.layers, scales[:-1], strict=True):
                 h = layer(h, c, rope, key_mask, layer_scales)
             return self.norm(h, c, scales[-1])
+        return self._fused_stack(plan, h, scales, rope, key_mask, None)
+
+    def _fused_stack(self, plan, h, scales, rope, key_mask, split: int | None) -> torch.Tensor:
         heads, eps = self.layers[0].self_attn.num_heads, self.norm.eps
         for weights, layer_scales in zip(plan, scales[:-1], strict=True):
-            h = _fused_layer(h, weights, layer_scales, rope, key_mask, heads, eps)
+            h = _fused_layer(h, weights, layer_scales, rope, key_mask, heads, eps, split)
         return _norm(h, scales[-1], eps)
+
+    def _packed_pair(self, plan, h, uncond_x, scales, key_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CFG pair as one sequence per row: ``[h ; uncond_x]`` along L through one set of products per layer,
+        each half attending to itself with its own positions (0.. for both). Row for row the arithmetic of two
+        :meth:`_stack` calls, with half the calls (no padding: the unconditional input is usually much shorter)."""
+        split = h.shape[1]
+        rope = self.pair_rope(split, uncond_x.shape[1], h.device, h.dtype)
+        out = self._fused_stack(plan, torch.cat([h, uncond_x], dim=1), scales, rope, key_mask, split)
+        return out[:, :split], out[:, split:]
 
     def guided(
         self,
@@ -380,8 +422,13 @@ class DiffusionTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`guided` after the conditioning: what ``torch.compile`` captures (:mod:`metis_rt.models.hop_speed`)."""
         h = x if prefix is None else torch.cat([prefix, x], dim=1)
-        cond = self._stack(h, c, scales, key_mask)[:, (0 if prefix is None else prefix.shape[1]) + drop :]
+        first = (0 if prefix is None else prefix.shape[1]) + drop
         if uncond_x is None:
-            return cond, None
-        uncond = self._stack(uncond_x, c, scales, None)
+            return self._stack(h, c, scales, key_mask)[:, first:], None
+        plan = self._fused_plan()
+        if plan is None:
+            cond, uncond = self._stack(h, c, scales, key_mask), self._stack(uncond_x, c, scales, None)
+        else:
+            cond, uncond = self._packed_pair(plan, h, uncond_x, scales, key_mask)
+        cond = cond[:, first:]
         return cond, guide(cond, uncond, cfg, rescale)

@@ -23,7 +23,6 @@ import torch
 
 from metis_rt.models.decoding import RowNoise
 from metis_rt.models.hop_speed import HopSpeed, apply_hop_speed
-from metis_rt.models.ssl import ExtractorOutput
 from metis_rt.models.stage1 import Stage1Inputs
 from metis_rt.models.thread_choice import WINDOW_FRAMES, ThreadPlan
 from metis_rt.pipeline.components import MetisComponents
@@ -148,11 +147,7 @@ class MetisWindowProcessor:
         """Normalised SSL features [L + T, D] per job; windows of equal length share one w2v-BERT pass."""
         ssl, out = self.comps.ssl, [None] * len(jobs)
         for idx in groups(jobs, lambda j: len(j.audio_16k)):
-            extracted = [ssl.extract(jobs[i].audio_16k) for i in idx]
-            stacked = ExtractorOutput(
-                torch.cat([e.input_features for e in extracted]), torch.cat([e.attention_mask for e in extracted])
-            )
-            feats = ssl.normalise(ssl.hidden(stacked))
+            feats = ssl.normalise(ssl.hidden(ssl.extract_batch([jobs[i].audio_16k for i in idx])))
             for row, i in enumerate(idx):
                 out[i] = feats[row]
         return out
