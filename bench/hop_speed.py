@@ -4,7 +4,9 @@ For each model size x task x stream count, the same components are measured unde
 (old, fast, compiled, old, fast, compiled, ...), so that a shared CPU's load falls on all modes alike:
 
 * ``old``      — ``HopSpeed(fast_path=False, compile="never", threads="default")``: the code path before issue 20,
-  with torch's default thread count (one per core);
+  with torch's default thread count (one per core) and numpy's BLAS at its default (one thread per core);
+* ``old_quiet_blas`` — the same code with numpy's BLAS held to one thread (what the pre-issue-20 code would cost
+  without the two thread pools fighting over the cores: ``thread_choice.quiet_numpy_blas``);
 * ``fast_torch_threads`` — the eager fast path (stacked projections, remembered step conditions; same results up to
   float rounding) with torch's default thread count: what the code changes buy alone;
 * ``fast``     — the eager fast path with ``threads: auto`` (the count measured on the models: the default);
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,11 +50,16 @@ from metis_rt.streaming.thread_probe import ProbeSettings  # noqa: E402
 
 MODES = {
     "old": BASELINE,
+    "old_quiet_blas": BASELINE,
     "fast_torch_threads": HopSpeed(compile="never", threads="default"),  # the eager fast path alone
     "fast": HopSpeed(compile="never"),
     "compiled": HopSpeed(compile="always"),
     "compiled_stacks": HopSpeed(compile="always", compile_ssl=False),  # w2v-BERT eager: a shorter compile
 }
+
+
+# numpy's BLAS threads as the process starts (one per core unless the environment says otherwise)
+BLAS_DEFAULT = max((lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"), default=1)
 
 
 def main() -> None:
@@ -98,9 +106,12 @@ def measure_chain(size, task, modes, streams, args, audio):
     threads = {}
 
     def run(mode: str, n: int, hops: int):
-        processor = MetisWindowProcessor(comps, MODES[mode], ProbeSettings(official, stream_cfg))
-        threads[mode] = processor.threads.describe() if processor.threads else "torch's"
-        return measure(processor, official, task, geometry, steps, n, hops, speech, ref)
+        # numpy's BLAS pool per mode: the fast modes hold it to one thread themselves (process-wide, once), so the
+        # old mode gets its default back for its own runs
+        with threadpool_limits(limits=BLAS_DEFAULT if mode == "old" else 1, user_api="blas"):
+            processor = MetisWindowProcessor(comps, MODES[mode], ProbeSettings(official, stream_cfg))
+            threads[mode] = processor.threads.describe() if processor.threads else "torch's"
+            return measure(processor, official, task, geometry, steps, n, hops, speech, ref)
 
     seconds = None
     compiled = [m for m in modes if m.startswith("compiled")]

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from metis_rt.config import from_dict
 from metis_rt.errors import ConfigError
@@ -55,6 +56,22 @@ def test_a_slow_probe_is_timed_once_per_candidate():
 
     time_candidates(probe, [1, 2])
     assert seen == [1, 2, 1, 2]
+
+
+def _blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("setting", ["auto", 3])
+def test_a_managed_cpu_plan_holds_numpys_blas_to_one_thread_and_the_baseline_does_not(setting, monkeypatch):
+    assert _blas_threads(), "numpy's BLAS is not visible to threadpoolctl: nothing would be limited"
+    with threadpool_limits(limits=2, user_api="blas"):  # restored afterwards, whatever the test does
+        monkeypatch.setattr(thread_choice, "_blas_limited", False)
+        resolve_threads("default", torch.device("cpu"))
+        resolve_threads(setting, torch.device("cuda"), lambda: ThreadPlan(((0, 1),)))
+        assert _blas_threads() == [2] * len(_blas_threads())  # the baseline and GPU engines leave numpy alone
+        resolve_threads(setting, torch.device("cpu"), lambda: ThreadPlan(((0, 1),)))
+        assert _blas_threads() == [1] * len(_blas_threads())
 
 
 def test_settings_resolve_to_plans():

@@ -9,13 +9,17 @@ Independent switches (``threads`` is applied by the processor, the others on the
   tables cached, the S2A semantic embedding looked up once per window), the step conditions and norm scales
   remembered per decoding step across hops, each layer's q/k/v and gate/up projections stacked into one matrix
   product each (:meth:`~metis_rt.models.transformer.DiffusionTransformer.fuse`: the weights become views of the
-  stacked tensor, nothing is copied), and w2v-BERT through :mod:`metis_rt.models.ssl_fast` (functional calls on
-  the module's parameters, q/k/v stacked, the relative-position tables kept per window length). Same results up
+  stacked tensor, nothing is copied), the CFG pair packed along the sequence axis (one set of products for both
+  passes), seeded streams' Gumbel noise transformed once per batch, w2v-BERT's input features in torch for all
+  windows of a step at once (:mod:`metis_rt.models.fbank`, the extractor's values bit for bit) and w2v-BERT through
+  :mod:`metis_rt.models.ssl_fast` (functional calls on the module's parameters, q/k/v stacked, the relative-position
+  tables kept per window length). Same results up
   to float rounding (the parity vectors pass on this path; in float64 the decoded ids are those of the previous
   code path), which ``fast_path=False`` keeps selectable as the baseline.
 * ``threads`` — the CPU intra-op thread count, measured on the streams' own hops by default
-  (:mod:`metis_rt.models.thread_choice`, :mod:`metis_rt.streaming.thread_probe`): on small models one thread is
-  two to three times as fast as torch's one per core.
+  (:mod:`metis_rt.models.thread_choice`, :mod:`metis_rt.streaming.thread_probe`), with numpy's BLAS held to one
+  thread so that its spinning workers leave the cores to torch (that contention made the pre-issue-20 hops two to
+  three times slower on 2 cores).
 * ``compile`` — ``torch.compile`` of each diffusion transformer's :meth:`~DiffusionTransformer.guided_rows` (the
   CFG pair and the guidance in one graph) and of the w2v-BERT encoder, with dynamic shapes so one graph serves every
   prompt length; on CUDA the compiled stacks run as CUDA graphs (``mode="reduce-overhead"``) unless

@@ -1,10 +1,16 @@
 """How many CPU threads a hop's operators get (issue 20): measured on the loaded models, not assumed.
 
-A streaming hop of the small models is tens of thousands of small operators. With torch's default pool (one thread
-per core) each of them pays a fork/join of the OpenMP team, which costs more than the work it splits: on machine A
-(2 cores) a tiny SE hop takes 127 ms with 2 threads and 52 ms with 1, a compact one 129 ms and 41 ms
-(bench/RESULTS.md). Larger work is the other way round: a batch of eight compact TSE windows (each behind a 2.7 s
-reference) runs faster on both cores, and so do large models at any batch.
+Two thread pools share the cores of a CPU engine: torch's (OpenMP, one thread per core) and numpy's BLAS
+(OpenBLAS, also one per core). OpenBLAS workers spin for a while after every numpy matrix product, so when anything
+in the process calls one between two engine steps (the ``transformers`` w2v-BERT feature extractor did, every
+window), torch's second thread waits for a core a spinning OpenBLAS worker holds, at every parallel operator: on
+machine A (2 cores) the pre-issue-20 tiny SE hop took 150 ms with 2 torch threads, 66 ms with numpy's BLAS held to
+one thread, and a compact one 106 vs 37 ms (bench/RESULTS.md, "Third pass"). A CPU engine therefore holds numpy's
+BLAS to one thread (:func:`quiet_numpy_blas`; the engine's own work is torch's) whenever it manages threads.
+
+Without that contention, how many torch threads suit a hop depends on the model, the batch and the machine: small
+windows are tens of thousands of small operators, where a second thread buys little; batches of windows and large
+models gain from every core.
 
 ``speed.threads`` (:class:`~metis_rt.models.hop_speed.HopSpeed`):
 
@@ -17,7 +23,7 @@ reference) runs faster on both cores, and so do large models at any batch.
   It is remembered per model architecture, settings, device and dtype, for the process and on disk
   (:func:`plan_file`) for this machine's CPU and torch: a few seconds at the first start, none after.
   On CUDA the GPU does the work and torch's setting is left as it is.
-* ``"default"``: torch's default count (the code path before issue 20).
+* ``"default"``: torch's default count, numpy's BLAS untouched (the code path before issue 20).
 * an integer: exactly that many.
 
 ``torch.set_num_threads`` is process-wide: the engine thread owns the models, so the process's intra-op pool is
@@ -38,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,9 @@ SLOW_PROBE_S = 2.0  # a probe slower than this is timed once per candidate, and 
 WINDOW_FRAMES = 100  # rows of one default window at 50 Hz (1600 ms left context + 400 ms new)
 PROBE_BATCHES = (1, 8)  # windows per probe step: the work sizes a plan distinguishes
 PLAN_FILE = "thread-plans.json"
+# Part of every plan's key: plans kept by an earlier version were measured under other conditions (version 1: with
+# numpy's BLAS spinning beside torch, see above) and are measured again.
+PLAN_VERSION = 2
 
 Probe = Callable[[], float]  # runs one engine step, returns its seconds
 
@@ -80,6 +90,7 @@ class ThreadPlan:
 
 
 _chosen: dict[str, ThreadPlan] = {}
+_blas_limited = False  # quiet_numpy_blas() has run
 
 
 def thread_candidates(default: int = DEFAULT_THREADS) -> list[int]:
@@ -90,14 +101,27 @@ def resolve_threads(
     setting: int | str, device: torch.device, measure: Callable[[], ThreadPlan] | None = None
 ) -> ThreadPlan | None:
     """The thread plan ``setting`` asks for on ``device`` (None: leave torch's setting alone); ``measure`` makes
-    the ``"auto"`` plan on a CPU."""
-    if isinstance(setting, int):
-        return ThreadPlan(((0, setting),))
+    the ``"auto"`` plan on a CPU. A plan other than ``"default"`` on a CPU also quiets numpy's BLAS
+    (:func:`quiet_numpy_blas`) before anything is measured."""
     if setting == "default":
         return ThreadPlan(((0, DEFAULT_THREADS),))
+    if torch.device(device).type == "cpu":
+        quiet_numpy_blas()
+    if isinstance(setting, int):
+        return ThreadPlan(((0, setting),))
     if torch.device(device).type != "cpu" or measure is None:
         return None
     return measure()
+
+
+def quiet_numpy_blas() -> bool:
+    """Hold numpy's BLAS (OpenBLAS and the like, not torch's) to one thread for the process, so that its spinning
+    workers do not take the cores torch's threads need; once per process. Returns whether a BLAS was loaded."""
+    global _blas_limited
+    if not _blas_limited:
+        threadpool_limits(limits=1, user_api="blas")
+        _blas_limited = True
+    return any(lib["user_api"] == "blas" for lib in threadpool_info())
 
 
 def measured_plan(
@@ -188,7 +212,7 @@ def architecture_key(comps) -> tuple:
 def plan_key(*parts) -> str:
     """A stable key for a plan: ``parts`` (architecture, settings) plus this machine's CPU, cores and torch."""
     machine = (platform.machine(), _cpu_model(), os.cpu_count(), DEFAULT_THREADS, torch.__version__)
-    return hashlib.sha256(repr((machine, parts)).encode()).hexdigest()[:32]
+    return hashlib.sha256(repr((PLAN_VERSION, machine, parts)).encode()).hexdigest()[:32]
 
 
 def plan_file() -> Path:

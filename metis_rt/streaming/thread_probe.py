@@ -1,13 +1,12 @@
 """Synthetic engine steps that time CPU thread counts (issue 20) on the processor's own code path.
 
-Which thread count suits a hop depends on how the hop runs, not only on its arithmetic. Between two operators of a
-hop the interpreter runs for microseconds, long enough for idle OpenMP workers to go to sleep, so each parallel
-operator then pays a wake-up: on machine A a 32-d ``addmm`` inside a tiny hop takes 8 us on one thread and 63 us on
-two, the same in a tight loop (bench/RESULTS.md). A probe built from single calls in a loop picks the wrong count, so
-this one runs real windows through :meth:`MetisWindowProcessor.run` with the stream's own settings
-(:class:`ProbeSettings`: geometry, decoding steps and guidance of the model directory; the package defaults when the
-caller has none), seeded noise as input, ``batch`` windows per step, for the first SE/TSE/VC model loaded.
-"""
+Which thread count suits a hop depends on how the hop runs, not only on its arithmetic: a hop of small models is
+thousands of small operators with interpreter work between them, and a tight loop of one operator times the same
+under any count where the real hop does not. So this probe runs real windows through
+:meth:`MetisWindowProcessor.run` with the stream's own settings (:class:`ProbeSettings`: geometry, decoding steps
+and guidance of the model directory; the package defaults when the caller has none), seeded noise as input,
+``batch`` windows per step, for the first SE/TSE/VC model loaded (numpy's BLAS already held to one thread:
+:func:`~metis_rt.models.thread_choice.quiet_numpy_blas`)."""
 
 from __future__ import annotations
 
