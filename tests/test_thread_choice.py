@@ -131,6 +131,16 @@ def test_a_measured_plan_is_kept_on_disk_and_read_back(tmp_path, monkeypatch):
     assert "k" in json.loads(cache.read_text())
 
 
+def test_more_work_never_gets_fewer_threads(monkeypatch, tmp_path):
+    monkeypatch.setattr(thread_choice, "_chosen", {})
+
+    def probe_for(batch):  # a noisy machine: 2 threads win on one window, 1 thread "wins" on eight
+        return (lambda: 0.01 * (2 if (torch.get_num_threads() == 1) == (batch == 1) else 1)), 100 * batch
+
+    plan = thread_choice.measured_plan("noisy", probe_for, [1, 2], tmp_path / "plans.json")
+    assert plan.steps == ((0, 2),)
+
+
 def test_plan_keys_change_with_the_settings():
     assert thread_choice.plan_key("arch", "se", 4) == thread_choice.plan_key("arch", "se", 4)
     assert thread_choice.plan_key("arch", "se", 4) != thread_choice.plan_key("arch", "se", 1)

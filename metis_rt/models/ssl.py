@@ -70,8 +70,9 @@ class SslFeatures(nn.Module):
     def extract_batch(self, wavs_16k: list[np.ndarray | torch.Tensor]) -> ExtractorOutput:
         """Equal-length 16 kHz mono waveforms -> one extractor output of len(wavs) rows.
 
-        The fast path computes them together (:mod:`metis_rt.models.fbank`: the extractor's features to float32
-        rounding); otherwise, or for waveforms shorter than one frame, the ``transformers`` extractor one by one."""
+        The fast path computes them together (:mod:`metis_rt.models.fbank`: the extractor's values, bit for bit
+        wherever tested); otherwise, or for waveforms shorter than one frame, the ``transformers`` extractor one by
+        one."""
         wavs = [w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w) for w in wavs_16k]
         if len({len(w) for w in wavs}) != 1:
             raise ValueError(f"extract_batch needs equal lengths, got {sorted({len(w) for w in wavs})}")

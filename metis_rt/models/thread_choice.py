@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's choice for this process, before anything changed it
 MARGIN = 0.10  # a larger thread count wins only when it is at least this much faster
-REPEATS = 3  # interleaved timed repeats per candidate (after one untimed warm-up each)
+REPEATS = 5  # interleaved timed repeats per candidate (after one untimed warm-up each)
 SLOW_PROBE_S = 2.0  # a probe slower than this is timed once per candidate, and larger batches are not probed
 WINDOW_FRAMES = 100  # rows of one default window at 50 Hz (1600 ms left context + 400 ms new)
 PROBE_BATCHES = (1, 8)  # windows per probe step: the work sizes a plan distinguishes
@@ -157,7 +157,9 @@ def _measure(probe_for: Callable[[int], tuple[Probe, int]], candidates: list[int
     for batch in PROBE_BATCHES:
         probe, frames = probe_for(batch)
         medians, slow = time_candidates(probe, candidates)
-        threads = pick(medians)
+        # more work never gets fewer threads: a larger batch is the same operators on more rows, so a count that
+        # pays on the smaller one pays on it too; a smaller pick there is the machine's noise (bench/RESULTS.md)
+        threads = max(pick(medians), steps[-1][1] if steps else 1)
         seen.append(f"{frames} frames: {describe(medians)}")
         if not steps or steps[-1][1] != threads:  # switch halfway (geometrically) between two measured sizes
             steps.append((0 if not steps else math.isqrt(last_frames * frames), threads))
