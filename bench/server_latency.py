@@ -30,19 +30,25 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for  # noqa: E402
+from metis_rt.models.hop_speed import BASELINE  # noqa: E402
 from metis_rt.pipeline.components import load_components, resolve_config_for_tasks  # noqa: E402
 from metis_rt.server.app import MetisServer  # noqa: E402
 from metis_rt.server.config import ServerConfig  # noqa: E402
 from metis_rt.streaming.processor import MetisWindowProcessor  # noqa: E402
+from metis_rt.streaming.thread_probe import ProbeSettings  # noqa: E402
 
 RATE, PACKET = 16000, 320
 
 
-def start_server(model_dir: Path, task: str) -> tuple[MetisServer, int]:
+def start_server(model_dir: Path, task: str, threads: int | None = None, baseline: bool = False):
+    """(the server, its port); ``baseline``: the hop's code path before issue 20 (``hop_speed.BASELINE``)."""
     official, stream_cfg = load_official_for(model_dir), load_stream_config_for(model_dir)
     cfg, _ = resolve_config_for_tasks(model_dir, [task], official)
     check_codebooks(model_dir, cfg, [task], official, stream_cfg)
-    processor = MetisWindowProcessor(load_components(model_dir, [task], cfg))
+    speed = (BASELINE if baseline else stream_cfg.speed).with_threads(threads)  # as `serve --threads` does
+    comps = load_components(model_dir, [task], cfg)
+    processor = MetisWindowProcessor(comps, speed, ProbeSettings(official, stream_cfg))
+    print(f"engine threads: {processor.threads.describe() if processor.threads else 'torch default'}", flush=True)
     server = MetisServer(
         processor, official, stream_cfg, dataclasses.replace(ServerConfig(), max_sessions=64), tasks=(task,)
     )
@@ -124,7 +130,9 @@ async def run_point(port: int, task: str, audio: np.ndarray, n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", type=Path, default=REPO.parent / "shared" / "parity" / "se")
+    ap.add_argument("--model-dir", type=Path, default=REPO / "tests" / "data" / "parity" / "se")
+    ap.add_argument("--threads", type=int, help="CPU threads of the engine (default: speed.threads, measured)")
+    ap.add_argument("--baseline", action="store_true", help="the hop's code path before issue 20, torch's threads")
     ap.add_argument("--task", default="se")
     ap.add_argument("--streams", default="1,2,4,8")
     ap.add_argument("--seconds", type=float, default=8.0)
@@ -133,7 +141,7 @@ def main() -> None:
     speech, sr = sf.read(REPO / "examples" / "speech_noisy.wav", dtype="float32")
     assert sr == RATE
     audio = np.tile(speech, int(np.ceil(args.seconds * RATE / len(speech))))[: int(args.seconds * RATE)]
-    server, port = start_server(args.model_dir, args.task)
+    server, port = start_server(args.model_dir, args.task, args.threads, args.baseline)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}; task {args.task}")
     print("| streams | e2e latency p50 ms | p99 ms | algorithmic ms | latency growth ms | dropped ms | real time |")
     print("|---|---|---|---|---|---|---|")

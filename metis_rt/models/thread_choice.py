@@ -16,9 +16,10 @@ models gain from every core.
 
 * ``"auto"`` (default): on a CPU, :func:`measured_plan` times a *probe* — real engine steps of synthetic windows
   (:mod:`metis_rt.streaming.thread_probe`: single operators in a loop would mislead, see there) — at a few batch
-  sizes, under each candidate count: 1, half the cores, all of them (torch's default when metis-rt was imported).
-  Candidates alternate over a few repeats and the fastest median wins; a larger count must beat a smaller one by
-  ``MARGIN`` (fewer threads leave cores to the server's other work and keep the choice stable on a tie). The result
+  sizes, under each candidate count: 1, half the cores, all cores but one (of torch's default when metis-rt was
+  imported: :func:`thread_candidates`; a 2-core machine therefore runs 1 thread without probing). Candidates
+  alternate over a few repeats and the fastest median wins; a larger count must beat a smaller one by ``MARGIN``
+  (fewer threads leave cores to the server's other work and keep the choice stable on a tie). The result
   is a :class:`ThreadPlan`: a count per amount of work (window frames in an engine step), applied before every step.
   It is remembered per model architecture, settings, device and dtype, for the process and on disk
   (:func:`plan_file`) for this machine's CPU and torch: a few seconds at the first start, none after.
@@ -94,7 +95,11 @@ _blas_limited = False  # quiet_numpy_blas() has run
 
 
 def thread_candidates(default: int = DEFAULT_THREADS) -> list[int]:
-    return sorted({1, max(1, default // 2), max(1, default)})
+    """1, half and all but one of ``default`` cores. One core stays with the rest of the process: a server's event
+    loop (network, resampling, messages) runs beside the engine, and a torch team that shares its cores with it waits
+    at every barrier. On machine A (2 cores) an engine alone steps faster on 2 threads, but the live server on 2
+    threads stepped slower at one stream and carried fewer streams than on 1 (bench/RESULTS.md, "Third pass")."""
+    return sorted({1, max(1, default // 2), max(1, default - 1)})
 
 
 def resolve_threads(
