@@ -4,7 +4,10 @@ Starts the server in-process on loopback (tiny reference-layout models by defaul
 in 20 ms packets at real-time pace. Latency of output sample k = time it was received - time input sample k was
 sent (same rate in and out). N = 1, 2, 4, ... until a session drops input or its latency keeps growing.
 
-  python bench/server_latency.py [--streams 1,2,4,8] [--seconds 8] [--task se]
+  python bench/server_latency.py [--streams 1,2,4,8] [--seconds 8] [--task se] [--process] [--baseline]
+
+``--process`` runs the server as ``metis-rt serve`` in its own process (the clients' work then stays off its
+threads, as with remote clients); ``--baseline`` runs the hop's code path from before issue 20.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import dataclasses
 import json
 import os
 import platform
+import re
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+import yaml
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -128,6 +136,30 @@ async def run_point(port: int, task: str, audio: np.ndarray, n: int) -> dict:
     }
 
 
+def start_child(model_dir: Path, task: str, threads: int | None, baseline: bool, tmp: Path):
+    """``metis-rt serve`` in its own process (the clients' work stays out of the server's cores, as with remote
+    clients); returns (the process, its port). ``baseline`` runs it with ``speed: {fast_path: false, threads:
+    default}``, the code path before issue 20, through a copy of configs/streaming.yaml."""
+    cmd = [sys.executable, "-m", "metis_rt", "serve", "--model-dir", str(model_dir), "--tasks", task]
+    cmd += ["--engine", "metis", "--device", "cpu", "--port", "0", "--max-sessions", "64"]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    if baseline:
+        stream = yaml.safe_load((REPO / "configs" / "streaming.yaml").read_text())
+        stream["speed"] = {**stream.get("speed", {}), "fast_path": False, "threads": "default"}
+        (tmp / "streaming.yaml").write_text(yaml.safe_dump(stream))
+        cmd += ["--stream-config", str(tmp / "streaming.yaml")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    with open(tmp / "server.log", "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    for line in proc.stdout:
+        found = re.search(r"ready on port (\d+)", line)
+        if found:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
+            return proc, int(found.group(1))
+    raise RuntimeError(f"server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, default=REPO / "tests" / "data" / "parity" / "se")
@@ -136,24 +168,39 @@ def main() -> None:
     ap.add_argument("--task", default="se")
     ap.add_argument("--streams", default="1,2,4,8")
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--process", action="store_true", help="the server in its own process (`metis-rt serve`)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     speech, sr = sf.read(REPO / "examples" / "speech_noisy.wav", dtype="float32")
     assert sr == RATE
     audio = np.tile(speech, int(np.ceil(args.seconds * RATE / len(speech))))[: int(args.seconds * RATE)]
-    server, port = start_server(args.model_dir, args.task, args.threads, args.baseline)
+    tmp = Path(tempfile.mkdtemp(prefix="server_latency_"))
+    if args.process:
+        child, port = start_child(args.model_dir, args.task, args.threads, args.baseline, tmp)
+    else:
+        child, (_, port) = None, start_server(args.model_dir, args.task, args.threads, args.baseline)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}; task {args.task}")
     print("| streams | e2e latency p50 ms | p99 ms | algorithmic ms | latency growth ms | dropped ms | real time |")
     print("|---|---|---|---|---|---|---|")
-    for n in (int(v) for v in args.streams.split(",")):
-        r = asyncio.run(run_point(port, args.task, audio, n))
-        print(
-            f"| {n} | {r['latency_ms_p50']:.0f} | {r['latency_ms_p99']:.0f} | {r['algorithmic_ms']:.0f} | "
-            f"{r['latency_growth_ms']:.0f} | {r['dropped_ms']:.0f} | {'yes' if r['real_time'] else 'no'} |",
-            flush=True,
-        )
-        if not r["real_time"]:
-            break
+    try:
+        for n in (int(v) for v in args.streams.split(",")):
+            time.sleep(3)  # the previous point's sessions end on the server's side
+            try:
+                r = asyncio.run(run_point(port, args.task, audio, n))
+            except InvalidStatus as exc:  # admission control: the server's measured capacity is below n
+                print(f"| {n} | refused: HTTP {exc.response.status_code} (the server is at its measured capacity) |")
+                break
+            print(
+                f"| {n} | {r['latency_ms_p50']:.0f} | {r['latency_ms_p99']:.0f} | {r['algorithmic_ms']:.0f} | "
+                f"{r['latency_growth_ms']:.0f} | {r['dropped_ms']:.0f} | {'yes' if r['real_time'] else 'no'} |",
+                flush=True,
+            )
+            if not r["real_time"]:
+                break
+    finally:
+        if child is not None:
+            child.terminate()
+            child.wait(60)
 
 
 if __name__ == "__main__":
