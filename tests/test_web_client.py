@@ -11,6 +11,7 @@ import asyncio
 import base64
 import itertools
 import json
+import math
 import shutil
 import subprocess
 import time
@@ -412,7 +413,8 @@ def test_browser_resumes_its_stream_when_the_connection_is_lost(web_thread, fake
     assert summary["resumeGapMs"] > 0 and summary["heldDropped"] == 0, summary
     texts = [text for text in summary["moveTexts"] if text]
     assert any(text.startswith("Connection lost (code 1006) — resuming") for text in texts), texts
-    resumed = f"Resumed (gap {round(summary['resumeGapMs'])} ms): the stream moved 1×."
+    gap_ms = math.floor(summary["resumeGapMs"] + 0.5)  # the page's Math.round: halves up (Python's round: to even)
+    resumed = f"Resumed (gap {gap_ms} ms): the stream moved 1×."
     assert texts[-1] == summary["moveShown"] == resumed, texts
     assert summary["movesShown"] == "1"
     rate = summary["sampleRate"]
