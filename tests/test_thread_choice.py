@@ -142,6 +142,15 @@ def test_more_work_never_gets_fewer_threads(monkeypatch, tmp_path):
     assert plan.steps == ((0, 2),)
 
 
+def test_nothing_to_choose_runs_no_probe_and_keeps_nothing(tmp_path):
+    def probe_for(batch):
+        raise AssertionError("probed with one candidate")
+
+    cache = tmp_path / "plans.json"
+    assert thread_choice.measured_plan("one", probe_for, [1], cache).steps == ((0, 1),)
+    assert not cache.exists()
+
+
 def test_plan_keys_change_with_the_settings():
     assert thread_choice.plan_key("arch", "se", 4) == thread_choice.plan_key("arch", "se", 4)
     assert thread_choice.plan_key("arch", "se", 4) != thread_choice.plan_key("arch", "se", 1)

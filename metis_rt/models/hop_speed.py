@@ -13,9 +13,9 @@ Independent switches (``threads`` is applied by the processor, the others on the
   passes), seeded streams' Gumbel noise transformed once per batch, w2v-BERT's input features in torch for all
   windows of a step at once (:mod:`metis_rt.models.fbank`, the extractor's values bit for bit) and w2v-BERT through
   :mod:`metis_rt.models.ssl_fast` (functional calls on the module's parameters, q/k/v stacked, the relative-position
-  tables kept per window length). Same results up
-  to float rounding (the parity vectors pass on this path; in float64 the decoded ids are those of the previous
-  code path), which ``fast_path=False`` keeps selectable as the baseline.
+  tables kept per window length). Same results up to float rounding (the parity vectors pass on this path; in
+  float64 the decoded ids are those of the previous code path), which ``fast_path=False`` keeps selectable as the
+  baseline.
 * ``threads`` — the CPU intra-op thread count, measured on the streams' own hops by default
   (:mod:`metis_rt.models.thread_choice`, :mod:`metis_rt.streaming.thread_probe`), with numpy's BLAS held to one
   thread so that its spinning workers leave the cores to torch (that contention made the pre-issue-20 hops two to

@@ -4,8 +4,8 @@ Two thread pools share the cores of a CPU engine: torch's (OpenMP, one thread pe
 (OpenBLAS, also one per core). OpenBLAS workers spin for a while after every numpy matrix product, so when anything
 in the process calls one between two engine steps (the ``transformers`` w2v-BERT feature extractor did, every
 window), torch's second thread waits for a core a spinning OpenBLAS worker holds, at every parallel operator: on
-machine A (2 cores) the pre-issue-20 tiny SE hop took 150 ms with 2 torch threads, 66 ms with numpy's BLAS held to
-one thread, and a compact one 106 vs 37 ms (bench/RESULTS.md, "Third pass"). A CPU engine therefore holds numpy's
+machine A (2 cores) the pre-issue-20 tiny SE hop took 136 ms with 2 torch threads, 68 ms with numpy's BLAS held to
+one thread, and a compact one 124 vs 48 ms (bench/RESULTS.md, "Third pass"). A CPU engine therefore holds numpy's
 BLAS to one thread (:func:`quiet_numpy_blas`; the engine's own work is torch's) whenever it manages threads.
 
 Without that contention, how many torch threads suit a hop depends on the model, the batch and the machine: small
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,13 @@ def resolve_threads(
     return measure()
 
 
-def quiet_numpy_blas() -> bool:
+def quiet_numpy_blas() -> None:
     """Hold numpy's BLAS (OpenBLAS and the like, not torch's) to one thread for the process, so that its spinning
-    workers do not take the cores torch's threads need; once per process. Returns whether a BLAS was loaded."""
+    workers do not take the cores torch's threads need; once per process."""
     global _blas_limited
     if not _blas_limited:
         threadpool_limits(limits=1, user_api="blas")
         _blas_limited = True
-    return any(lib["user_api"] == "blas" for lib in threadpool_info())
 
 
 def measured_plan(
@@ -143,20 +142,21 @@ def measured_plan(
     ``cache`` (default :func:`plan_file`), so a machine measures once per model and settings; delete the file to
     measure again.
     """
+    candidates = candidates or thread_candidates()
+    if len(candidates) == 1:  # nothing to choose (one or two cores): no probe, nothing kept on disk
+        return ThreadPlan(((0, candidates[0]),))
     if key not in _chosen:
         cache = plan_file() if cache is None else cache
         stored = _read_plans(cache).get(key)
         if _valid_steps(stored):
             _chosen[key] = ThreadPlan(tuple((int(f), int(t)) for f, t in stored))
         else:
-            _chosen[key] = _measure(probe_for, candidates or thread_candidates())
+            _chosen[key] = _measure(probe_for, candidates)
             _write_plan(cache, key, _chosen[key])
     return _chosen[key]
 
 
 def _measure(probe_for: Callable[[int], tuple[Probe, int]], candidates: list[int]) -> ThreadPlan:
-    if len(candidates) == 1:  # one core: nothing to choose
-        return ThreadPlan(((0, candidates[0]),))
     steps: list[tuple[int, int]] = []
     seen, last_frames = [], 0
     for batch in PROBE_BATCHES:

@@ -269,29 +269,24 @@ class DiffusionTransformer(nn.Module):
 
     def rope(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`rope_tables`, cached per (length, device, dtype) outside ``torch.compile`` (same values)."""
-        if torch.compiler.is_compiling():
-            return rope_tables(length, self.head_dim, device, dtype)
-        key = (length, device, dtype)
-        if key not in self._rope_cache:
-            if len(self._rope_cache) >= ROPE_CACHE_SIZE:
-                self._rope_cache.clear()
-            self._rope_cache[key] = rope_tables(length, self.head_dim, device, dtype)
-        return self._rope_cache[key]
+        return self._cached_rope((length, device, dtype), lambda: rope_tables(length, self.head_dim, device, dtype))
 
     def pair_rope(self, first: int, second: int, device: torch.device, dtype: torch.dtype):
         """RoPE tables of two sequences packed along L, each with positions from 0 (cached like :meth:`rope`)."""
-        if torch.compiler.is_compiling():
-            tables = (
-                rope_tables(first, self.head_dim, device, dtype),
-                rope_tables(second, self.head_dim, device, dtype),
-            )
-            return tuple(torch.cat(pair) for pair in zip(*tables, strict=True))
-        key = ("pair", first, second, device, dtype)
-        if key not in self._rope_cache:
+
+        def make():
             tables = (self.rope(first, device, dtype), self.rope(second, device, dtype))
+            return tuple(torch.cat(pair) for pair in zip(*tables, strict=True))
+
+        return self._cached_rope(("pair", first, second, device, dtype), make)
+
+    def _cached_rope(self, key: tuple, make) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # traced once per graph: no cache lookups inside it
+            return make()
+        if key not in self._rope_cache:
             if len(self._rope_cache) >= ROPE_CACHE_SIZE:
                 self._rope_cache.clear()
-            self._rope_cache[key] = tuple(torch.cat(pair) for pair in zip(*tables, strict=True))
+            self._rope_cache[key] = make()
         return self._rope_cache[key]
 
     def fuse(self, on: bool = True) -> bool:
@@ -355,27 +350,17 @@ class DiffusionTransformer(nn.Module):
         return out[:, :split], out[:, split:]
 
     def guided(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        drop: int,
-        *,
-        prefix: torch.Tensor | None = None,
-        key_mask: torch.Tensor | None = None,
-        uncond_x: torch.Tensor | None = None,
-        cfg: float = 0.0,
-        rescale: float = 0.0,
+        self, x: torch.Tensor, t: torch.Tensor, drop: int, **options
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states of the target rows: (conditional, guided-or-None), each [B, L - drop, H].
 
-        x [B, L, H] (prefix/key_mask as in :meth:`forward`; the first ``drop`` output rows, the prompt, are
-        dropped); ``uncond_x`` [B, L - drop, H]: the unconditional input, run with the same step condition and
-        norm scales, then combined by :func:`guide` with ``cfg``/``rescale``.
+        x [B, L, H]; t [B]; the first ``drop`` output rows (the prompt) are dropped. ``options`` are
+        :meth:`guided_rows`'s: ``prefix``/``key_mask`` as in :meth:`forward`; ``uncond_x`` [B, L - drop, H], the
+        unconditional input, run with the same step condition and norm scales, then combined by :func:`guide` with
+        ``cfg``/``rescale``.
         """
         c, scales = self.conditioning(t, x.dtype)
-        return self.guided_rows(
-            x, c, scales, drop, prefix=prefix, key_mask=key_mask, uncond_x=uncond_x, cfg=cfg, rescale=rescale
-        )
+        return self.guided_rows(x, c, scales, drop, **options)
 
     def conditioning(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, list]:
         """(step condition c [B, H], every adaptive norm's scale) for timesteps ``t`` [B].
