@@ -18,8 +18,6 @@ import dataclasses
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.server_process import ServerProcess  # noqa: E402
 from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for  # noqa: E402
 from metis_rt.models.hop_speed import BASELINE  # noqa: E402
 from metis_rt.pipeline.components import load_components, resolve_config_for_tasks  # noqa: E402
@@ -136,28 +135,19 @@ async def run_point(port: int, task: str, audio: np.ndarray, n: int) -> dict:
     }
 
 
-def start_child(model_dir: Path, task: str, threads: int | None, baseline: bool, tmp: Path):
+def start_child(model_dir: Path, task: str, threads: int | None, baseline: bool, tmp: Path) -> ServerProcess:
     """``metis-rt serve`` in its own process (the clients' work stays out of the server's cores, as with remote
-    clients); returns (the process, its port). ``baseline`` runs it with ``speed: {fast_path: false, threads:
-    default}``, the code path before issue 20, through a copy of configs/streaming.yaml."""
-    cmd = [sys.executable, "-m", "metis_rt", "serve", "--model-dir", str(model_dir), "--tasks", task]
-    cmd += ["--engine", "metis", "--device", "cpu", "--port", "0", "--max-sessions", "64"]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
+    clients), with the model directory's streaming settings. ``baseline`` runs it with ``speed: {fast_path: false,
+    threads: default}``, the code path before issue 20, through a copy of configs/streaming.yaml."""
+    extra = ["--max-sessions", "64"]
     if baseline:
         stream = yaml.safe_load((REPO / "configs" / "streaming.yaml").read_text())
         stream["speed"] = {**stream.get("speed", {}), "fast_path": False, "threads": "default"}
         (tmp / "streaming.yaml").write_text(yaml.safe_dump(stream))
-        cmd += ["--stream-config", str(tmp / "streaming.yaml")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    with open(tmp / "server.log", "w") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    for line in proc.stdout:
-        found = re.search(r"ready on port (\d+)", line)
-        if found:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
-            return proc, int(found.group(1))
-    raise RuntimeError(f"server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+        extra += ["--stream-config", str(tmp / "streaming.yaml")]
+    return ServerProcess(
+        "tiny", tuple(extra), threads, model_dir=model_dir, tasks=task, fast_steps=False, deterministic=False
+    )
 
 
 def main() -> None:
@@ -176,7 +166,8 @@ def main() -> None:
     audio = np.tile(speech, int(np.ceil(args.seconds * RATE / len(speech))))[: int(args.seconds * RATE)]
     tmp = Path(tempfile.mkdtemp(prefix="server_latency_"))
     if args.process:
-        child, port = start_child(args.model_dir, args.task, args.threads, args.baseline, tmp)
+        child = start_child(args.model_dir, args.task, args.threads, args.baseline, tmp)
+        port = child.port
     else:
         child, (_, port) = None, start_server(args.model_dir, args.task, args.threads, args.baseline)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}; task {args.task}")
@@ -199,8 +190,7 @@ def main() -> None:
                 break
     finally:
         if child is not None:
-            child.terminate()
-            child.wait(60)
+            child.stop()
 
 
 if __name__ == "__main__":

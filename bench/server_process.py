@@ -10,6 +10,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,30 +23,53 @@ READY = re.compile(r"ready on port (\d+)")
 
 
 class ServerProcess:
-    """``processor``: "tiny" (``metis-rt serve`` over the tiny reference-layout models, the tests' steps) or
-    "identity" (``bench/identity_server.py``: the server without a model; ``extra`` = its flags)."""
+    """``processor``: "tiny" (``metis-rt serve`` with the Metis engine on the CPU over ``model_dir``, the tiny
+    reference-layout models by default; ``fast_steps``: the tests' fewer decoding steps, else the model directory's
+    streaming settings; ``threads``: ``--threads`` and ``OMP_NUM_THREADS``, None = the engine's own choice) or
+    "identity" (``bench/identity_server.py``: the server without a model; ``extra`` = its flags). The server's log
+    goes to a file (a pipe nobody reads would stall it once full)."""
 
-    def __init__(self, processor: str = "tiny", extra: tuple[str, ...] = (), threads: int = 1):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
+    def __init__(
+        self,
+        processor: str = "tiny",
+        extra: tuple[str, ...] = (),
+        threads: int | None = 1,
+        *,
+        model_dir: Path = DEFAULT_MODEL_DIR,
+        tasks: str = "se",
+        fast_steps: bool = True,
+        deterministic: bool = True,
+    ):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
         if processor == "tiny":
-            command = [sys.executable, "-m", "metis_rt", "serve", "--model-dir", str(DEFAULT_MODEL_DIR)]
-            command += ["--tasks", "se", "--port", "0", "--threads", str(threads), "--deterministic"]
-            command += ["--stream-config", str(FAST_STREAMING), *extra]
+            command = [sys.executable, "-m", "metis_rt", "serve", "--model-dir", str(model_dir), "--tasks", tasks]
+            command += ["--engine", "metis", "--device", "cpu", "--port", "0"]
+            if threads is not None:
+                env["OMP_NUM_THREADS"] = str(threads)
+                command += ["--threads", str(threads)]
+            if deterministic:
+                command.append("--deterministic")
+            if fast_steps:
+                command += ["--stream-config", str(FAST_STREAMING)]
+            command += list(extra)
         else:
             command = [sys.executable, str(REPO / "bench" / "identity_server.py"), *extra]
         self.command = command
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.log_path = Path(tempfile.mkdtemp(prefix="metis_rt_server_")) / "server.log"
+        with open(self.log_path, "w") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:]}")
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
             found = READY.search(line)
             if found:
                 self.port = int(found.group(1))
                 break
         else:
             raise RuntimeError("server did not start")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep its stdout drained
         self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
         self.base = f"http://127.0.0.1:{self.port}"
 
@@ -67,8 +92,8 @@ class ServerProcess:
         """SIGTERM, wait; the server's stderr (its log: WARNING and above)."""
         self.proc.terminate()
         try:
-            _, err = self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
-        return err
+            self.proc.wait()
+        return self.log_path.read_text()
