@@ -260,6 +260,66 @@ def test_step_conditions_are_remembered_per_timestep_tensor_until_a_weight_chang
         torch.testing.assert_close(scales3[-1], stack.norm.scale(c1, torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rolled_rope_is_bit_for_bit_the_rotate_half_form(dtype):
+    from metis_rt.models.transformer import apply_rolled_rope, apply_rope, rope_tables, signed_rope
+
+    g = torch.Generator().manual_seed(5)
+    for shape in [(2, 3, 2, 7, 16), (1, 1, 4, 33, 8)]:
+        x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) * 3
+        cos, sin = rope_tables(shape[-2], shape[-1], x.device, dtype)
+        assert torch.equal(apply_rolled_rope(x, *signed_rope(cos, sin)), apply_rope(x, cos, sin))
+
+
+def test_weight_checks_run_once_per_steady_block_and_see_changes_after_it():
+    from metis_rt.models.weight_stamp import stamp, steady, still_unchanged
+
+    weights = [torch.zeros(3), torch.ones(2)]
+    before = stamp(weights)
+    reads = []
+
+    def watched():
+        reads.append(1)
+        return weights
+
+    assert still_unchanged(before, watched) and still_unchanged(before, watched) and len(reads) == 2
+    with steady():
+        assert all(still_unchanged(before, watched) for _ in range(5))
+        assert len(reads) == 3  # checked once in the block
+        with steady():  # a nested block checks afresh
+            assert still_unchanged(before, watched) and len(reads) == 4
+    weights[0].add_(1.0)  # between blocks: an in-place update is seen
+    assert not still_unchanged(before, watched)
+    with steady():
+        assert not still_unchanged(before, watched) and not still_unchanged(before, watched)
+        assert still_unchanged(stamp(weights), watched)  # another stamp: its own check
+    assert len(reads) == 7
+
+
+def test_a_weight_replaced_between_engine_steps_reaches_the_next_step():
+    """The steady block spans one step only: a stack whose weight changed since the last step steps aside."""
+    from metis_rt.models.weight_stamp import steady
+
+    stack = _s2a().diff_estimator
+    stack.fuse()
+    x, x_u, mask = _stack_inputs()
+    t = torch.full((2,), 0.3)
+    with steady(), torch.inference_mode():
+        stack.guided(x, t, 4, key_mask=mask, uncond_x=x_u, cfg=2.5, rescale=0.75)
+        assert stack._fused_plan() is not None
+    attn = stack.layers[0].self_attn
+    attn.q_proj.weight = torch.nn.Parameter(attn.q_proj.weight.detach().clone() * 2)
+    with torch.no_grad():
+        stack.layers[0].input_layernorm.to_weight.bias.add_(1.0)
+    with steady(), torch.inference_mode():
+        assert stack._fused_plan() is None
+        got = stack.guided(x, t, 4, key_mask=mask, uncond_x=x_u, cfg=2.5, rescale=0.75)
+    stack.fuse(False)
+    with torch.inference_mode():
+        want = stack.guided(x, t, 4, key_mask=mask, uncond_x=x_u, cfg=2.5, rescale=0.75)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_decoding_passes_the_same_step_tensors_every_hop():
     from metis_rt.models.decoding import step_times
 

@@ -9,13 +9,13 @@ Module and attribute names reproduce the official checkpoint keys (``diff_estima
 Numerically delicate parts (RMS variance, softmax, RoPE tables, timestep frequencies) run in
 :func:`compute_dtype` (float32 for half precisions, float64 stays float64 for parity).
 
-:meth:`DiffusionTransformer.guided` is the hop's fast path (issue 20): the conditional and the unconditional CFG
-passes share one step condition and one set of adaptive-norm scales (remembered per timestep tensor across hops),
-RoPE tables are cached per length, and after :meth:`DiffusionTransformer.fuse` each layer runs as
-:func:`_fused_layer`: q/k/v in one product, gate/up in one, RoPE on q and k at once, torch's fused RMS norm, no
-module calls; the CFG pair then runs packed along the sequence axis (:meth:`DiffusionTransformer._packed_pair`):
-one set of products per layer for both passes, two attention calls. :meth:`DiffusionTransformer.guided_rows` is
-what ``torch.compile`` captures (:mod:`metis_rt.models.hop_speed`). Unfused, its eager results are bit-identical to two
+:meth:`DiffusionTransformer.guided` is the hop's fast path (issue 20): the conditional and the unconditional CFG passes
+share one step condition and one set of adaptive-norm scales (remembered per timestep tensor across hops), RoPE tables
+are cached per length, and after :meth:`DiffusionTransformer.fuse` each layer runs as :func:`_fused_layer`: q/k/v in one
+product, gate/up in one, RoPE on q and k at once (one roll), torch's fused RMS norm, no module calls; the CFG pair then
+runs packed along the sequence axis (:meth:`DiffusionTransformer._packed_pair`): one set of products per layer for both
+passes, two attention calls. :meth:`DiffusionTransformer.guided_rows` is what ``torch.compile`` captures
+(:mod:`metis_rt.models.hop_speed`). Unfused, its eager results are bit-identical to two
 :meth:`DiffusionTransformer.forward` calls followed by :func:`guide`; fused, equal up to float rounding.
 """
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metis_rt.models.checkpoints import compute_dtype
-from metis_rt.models.weight_stamp import stamp, unchanged
+from metis_rt.models.weight_stamp import stamp, still_unchanged
 
 RMS_EPS = 1e-6
 ROPE_THETA = 10000.0
@@ -69,6 +69,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, heads, L, head_dim]."""
     return x * cos + _rotate_half(x) * sin
+
+
+def signed_rope(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin with its first half negated): the tables of :func:`apply_rolled_rope`."""
+    half = sin.shape[-1] // 2
+    return cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def apply_rolled_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` with :func:`signed_rope`'s tables, bit for bit: ``rotate_half(x) * sin`` is
+    ``[-x2 * s1, x1 * s2]`` and ``roll(x) * signed_sin`` is ``[x2 * -s1, x1 * s2]`` (the same products: IEEE
+    multiplication is sign-symmetric), in one roll instead of a split, a negation and a concatenation."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, rescale: float) -> torch.Tensor:
@@ -128,13 +141,14 @@ def _attend(q, k, v, key_mask, split: int | None) -> torch.Tensor:
 
 def _fused_layer(h, weights, scales, rope, key_mask, heads: int, eps: float, split: int | None = None):
     """One :class:`DecoderLayer` on stacked weights (qkv, o, gate_up, down): the fast path's few, larger calls.
+    ``rope``: :func:`signed_rope` tables.
 
     ``split``: ``h`` holds two sequences packed along L (:func:`_attend`); everything but attention is per row,
     so both run through one set of products."""
     qkv_w, o_w, gate_up_w, down_w = weights
     b, n, _ = h.shape
     qkv = F.linear(_norm(h, scales[0], eps), qkv_w).view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k = apply_rope(qkv[:2], *rope).unbind(0)  # RoPE on q and k at once
+    q, k = apply_rolled_rope(qkv[:2], *rope).unbind(0)  # RoPE on q and k at once
     out = _attend(q, k, qkv[2], key_mask, split)
     h = h + F.linear(out.transpose(1, 2).reshape(b, n, -1), o_w)
     gate, up = F.linear(_norm(h, scales[1], eps), gate_up_w).chunk(2, dim=-1)
@@ -272,13 +286,20 @@ class DiffusionTransformer(nn.Module):
         return self._cached_rope((length, device, dtype), lambda: rope_tables(length, self.head_dim, device, dtype))
 
     def pair_rope(self, first: int, second: int, device: torch.device, dtype: torch.dtype):
-        """RoPE tables of two sequences packed along L, each with positions from 0 (cached like :meth:`rope`)."""
+        """:func:`signed_rope` tables of two sequences packed along L, each with positions from 0 (cached like
+        :meth:`rope`)."""
 
         def make():
             tables = (self.rope(first, device, dtype), self.rope(second, device, dtype))
-            return tuple(torch.cat(pair) for pair in zip(*tables, strict=True))
+            return signed_rope(*(torch.cat(pair) for pair in zip(*tables, strict=True)))
 
         return self._cached_rope(("pair", first, second, device, dtype), make)
+
+    def fused_rope(self, length: int, device: torch.device, dtype: torch.dtype):
+        """:func:`signed_rope` of :meth:`rope`'s tables (the stacked-weight layers' form; cached like it)."""
+        return self._cached_rope(
+            ("signed", length, device, dtype), lambda: signed_rope(*self.rope(length, device, dtype))
+        )
 
     def _cached_rope(self, key: tuple, make) -> tuple[torch.Tensor, torch.Tensor]:
         if torch.compiler.is_compiling():  # traced once per graph: no cache lookups inside it
@@ -323,16 +344,16 @@ class DiffusionTransformer(nn.Module):
             return None
         if torch.compiler.is_compiling():  # traced once per graph (data_ptr would break it); fuse() again after a move
             return plan[0]
-        return plan[0] if unchanged(plan[1], self._projection_weights(), versions=False) else None
+        return plan[0] if still_unchanged(plan[1], self._projection_weights, versions=False) else None
 
     def _stack(self, h, c, scales, key_mask):
-        rope = self.rope(h.shape[1], h.device, h.dtype)
         plan = self._fused_plan()
         if plan is None:
+            rope = self.rope(h.shape[1], h.device, h.dtype)
             for layer, layer_scales in zip(self.layers, scales[:-1], strict=True):
                 h = layer(h, c, rope, key_mask, layer_scales)
             return self.norm(h, c, scales[-1])
-        return self._fused_stack(plan, h, scales, rope, key_mask, None)
+        return self._fused_stack(plan, h, scales, self.fused_rope(h.shape[1], h.device, h.dtype), key_mask, None)
 
     def _fused_stack(self, plan, h, scales, rope, key_mask, split: int | None) -> torch.Tensor:
         heads, eps = self.layers[0].self_attn.num_heads, self.norm.eps
@@ -369,9 +390,8 @@ class DiffusionTransformer(nn.Module):
         :func:`~metis_rt.models.decoding.step_times`) while the weights they come from are unchanged.
         """
         key = (id(t), dtype)
-        weights = self._condition_params()
         hit = self._condition_cache.get(key)
-        if hit is not None and hit[0] is t and unchanged(hit[1], weights):
+        if hit is not None and hit[0] is t and still_unchanged(hit[1], self._condition_params):
             return hit[2], hit[3]
         c = self.step_condition(t, dtype)
         scales = [
@@ -381,7 +401,7 @@ class DiffusionTransformer(nn.Module):
         if not torch.compiler.is_compiling() and not torch.is_grad_enabled():
             if len(self._condition_cache) >= CONDITION_CACHE_SIZE:
                 self._condition_cache.clear()
-            self._condition_cache[key] = (t, stamp(weights), c, scales)
+            self._condition_cache[key] = (t, stamp(self._condition_params()), c, scales)
         return c, scales
 
     def _condition_params(self) -> list[torch.Tensor]:

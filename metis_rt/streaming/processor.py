@@ -25,6 +25,7 @@ from metis_rt.models.decoding import RowNoise
 from metis_rt.models.hop_speed import HopSpeed, apply_hop_speed
 from metis_rt.models.stage1 import Stage1Inputs
 from metis_rt.models.thread_choice import WINDOW_FRAMES, ThreadPlan
+from metis_rt.models.weight_stamp import steady
 from metis_rt.pipeline.components import MetisComponents
 from metis_rt.pipeline.offline import MetisPipeline
 from metis_rt.streaming.geometry import CODEC_FRAME_SAMPLES, FEATURE_FRAMING_SAMPLES, SSL_FRAME_SAMPLES
@@ -130,10 +131,11 @@ class MetisWindowProcessor:
     def run(self, jobs: Sequence[WindowJob]) -> list[WindowResult]:
         if self.threads is not None:
             self.threads.apply(sum(window_frames(j) for j in jobs))
-        features = self._features(jobs)
-        semantic = self._stage1(jobs, features)
-        acoustic = self._s2a(jobs, semantic)
-        wavs = self._decode(jobs, acoustic)
+        with steady():  # the engine thread owns the models: their caches' weight checks run once per step
+            features = self._features(jobs)
+            semantic = self._stage1(jobs, features)
+            acoustic = self._s2a(jobs, semantic)
+            wavs = self._decode(jobs, acoustic)
         return [
             WindowResult(s.cpu().numpy(), a.cpu().numpy(), w.float().cpu().numpy())
             for s, a, w in zip(semantic, acoustic, wavs, strict=True)
