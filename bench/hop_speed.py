@@ -9,6 +9,8 @@ For each model size x task x stream count, the same components are measured unde
   without the two thread pools fighting over the cores: ``thread_choice.quiet_numpy_blas``);
 * ``fast_torch_threads`` — the eager fast path (stacked projections, remembered step conditions; same results up to
   float rounding) with torch's default thread count: what the code changes buy alone;
+* ``fast_unpacked`` — the eager fast path without oneDNN-packed weights (``packed_weights: false``: what packing
+  buys, on the compact sizes; the tiny models' products are too narrow to be packed);
 * ``fast``     — the eager fast path with ``threads: auto`` (the count measured on the models: the default);
 * ``compiled`` — the fast path with the transformer stacks and w2v-BERT under ``torch.compile`` (compiled once per
   size x task before the timed repeats; the compile time is reported separately);
@@ -52,6 +54,7 @@ MODES = {
     "old": BASELINE,
     "old_quiet_blas": BASELINE,
     "fast_torch_threads": HopSpeed(compile="never", threads="default"),  # the eager fast path alone
+    "fast_unpacked": HopSpeed(compile="never", packed_weights=False),  # the fast path with MKL's own products
     "fast": HopSpeed(compile="never"),
     "compiled": HopSpeed(compile="always"),
     "compiled_stacks": HopSpeed(compile="always", compile_ssl=False),  # w2v-BERT eager: a shorter compile

@@ -16,6 +16,10 @@ Independent switches (``threads`` is applied by the processor, the others on the
   tables kept per window length). Same results up to float rounding (the parity vectors pass on this path; in
   float64 the decoded ids are those of the previous code path), which ``fast_path=False`` keeps selectable as the
   baseline.
+* ``packed_weights`` — on a CPU in float32, the stacked layers multiply from weights kept in oneDNN's layout
+  (:mod:`metis_rt.models.packed_linear`: MKL re-packs a weight on every product, which costs as much as the
+  arithmetic for a window's few rows; wide products only, stacks up to 64 MiB, not while compiling). Equal to the
+  unpacked products within float32 rounding; float64 (the parity vectors) and other devices are never packed.
 * ``threads`` — the CPU intra-op thread count, measured on the streams' own hops by default
   (:mod:`metis_rt.models.thread_choice`, :mod:`metis_rt.streaming.thread_probe`), with numpy's BLAS held to one
   thread so that its spinning workers leave the cores to torch (that contention made the pre-issue-20 hops two to
@@ -28,7 +32,7 @@ Independent switches (``threads`` is applied by the processor, the others on the
   inductor compiles (minutes on a 2-core CPU: bench/RESULTS.md), so a CPU deployment opts in with ``"always"``.
 
 Settings: ``speed:`` in ``configs/streaming.yaml`` (``compile: auto|always|never``, ``fast_path``, ``cuda_graphs``,
-``threads: auto|default|N``).
+``packed_weights``, ``threads: auto|default|N``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class HopSpeed:
     compile_ssl: bool = True  # also compile the w2v-BERT encoder when compiling
     compile_backend: str = "inductor"  # "eager": graph capture only, no code generation (bench dry runs)
     threads: int | str = "auto"  # CPU intra-op threads: "auto" (measured), "default" (torch's), or a count
+    packed_weights: bool = True  # CPU float32: stacked layers multiply from oneDNN-packed weights (fast path only)
 
     def __post_init__(self):
         if self.compile not in COMPILE_CHOICES:
@@ -74,7 +79,7 @@ class HopSpeed:
 
 
 # The code path as it stood before issue 20 (torch's default threads too): the baseline of bench/hop_speed.py.
-BASELINE = HopSpeed(fast_path=False, compile="never", threads="default")
+BASELINE = HopSpeed(fast_path=False, compile="never", threads="default", packed_weights=False)
 
 
 def apply_hop_speed(comps, speed: HopSpeed) -> list[str]:
@@ -94,7 +99,7 @@ def apply_hop_speed(comps, speed: HopSpeed) -> list[str]:
         model.fast_path = speed.fast_path
         stack = model.diff_estimator
         stack.__dict__.pop("guided_rows", None)  # back to the class's eager method
-        stack.fuse(speed.fast_path)
+        stack.fuse(speed.fast_path, pack=speed.packed_weights and not use_compile)
         if use_compile:
             stack.guided_rows = _compiled(stack.guided_rows, graphs, speed.compile_backend)
             compiled.append(name)

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metis_rt.models import packed_linear
 from metis_rt.models.checkpoints import compute_dtype
+from metis_rt.models.packed_linear import linear
 from metis_rt.models.weight_stamp import stamp, still_unchanged
 
 RMS_EPS = 1e-6
@@ -140,19 +142,20 @@ def _attend(q, k, v, key_mask, split: int | None) -> torch.Tensor:
 
 
 def _fused_layer(h, weights, scales, rope, key_mask, heads: int, eps: float, split: int | None = None):
-    """One :class:`DecoderLayer` on stacked weights (qkv, o, gate_up, down): the fast path's few, larger calls.
-    ``rope``: :func:`signed_rope` tables.
+    """One :class:`DecoderLayer` on stacked weights (qkv, o, gate_up, down; each a tensor or a
+    :class:`~metis_rt.models.packed_linear.PackedWeight`): the fast path's few, larger calls. ``rope``:
+    :func:`signed_rope` tables.
 
     ``split``: ``h`` holds two sequences packed along L (:func:`_attend`); everything but attention is per row,
     so both run through one set of products."""
     qkv_w, o_w, gate_up_w, down_w = weights
     b, n, _ = h.shape
-    qkv = F.linear(_norm(h, scales[0], eps), qkv_w).view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    qkv = linear(_norm(h, scales[0], eps), qkv_w).view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k = apply_rolled_rope(qkv[:2], *rope).unbind(0)  # RoPE on q and k at once
     out = _attend(q, k, qkv[2], key_mask, split)
-    h = h + F.linear(out.transpose(1, 2).reshape(b, n, -1), o_w)
-    gate, up = F.linear(_norm(h, scales[1], eps), gate_up_w).chunk(2, dim=-1)
-    return h + F.linear(F.silu(gate) * up, down_w)
+    h = h + linear(out.transpose(1, 2).reshape(b, n, -1), o_w)
+    gate, up = linear(_norm(h, scales[1], eps), gate_up_w).chunk(2, dim=-1)
+    return h + linear(F.silu(gate) * up, down_w)
 
 
 class AdaptiveRMSNorm(nn.Module):
@@ -310,14 +313,17 @@ class DiffusionTransformer(nn.Module):
             self._rope_cache[key] = make()
         return self._rope_cache[key]
 
-    def fuse(self, on: bool = True) -> bool:
+    def fuse(self, on: bool = True, pack: bool = False) -> bool:
         """The fast path's stacked weights per layer (q/k/v and gate/up in one product each) on or off.
 
         On: every layer's projections share stacked weights (:func:`fuse_projections`) and :meth:`_stack` runs
         :func:`_fused_layer` instead of the modules. Off (or LoRA-wrapped layers): the modules, one projection per
-        call, as before issue 20. Returns whether the stacked path is in use. Fusing fused weights again is a no-op.
+        call, as before issue 20. ``pack``: the layers' weights are also kept in oneDNN's layout where that pays
+        (:mod:`metis_rt.models.packed_linear`; float32 on a CPU, small enough stacks). Returns whether the stacked
+        path is in use. Fusing fused weights again with the same ``pack`` is a no-op.
         """
-        if on and self._fused_plan() is not None:
+        current = self.__dict__.get("_plan")
+        if on and current is not None and current[3] == pack and self._fused_plan() is not None:
             return True
         self.__dict__.pop("_plan", None)
         if not on:
@@ -329,22 +335,33 @@ class DiffusionTransformer(nn.Module):
             if qkv is None or gate_up is None:
                 return False
             plan.append((qkv, attn.o_proj.weight, gate_up, mlp.down_proj.weight))
-        self._plan = (tuple(plan), stamp(self._projection_weights(), versions=False))
+        weights = self._projection_weights()
+        if pack and sum(w.numel() * w.element_size() for w in weights) <= packed_linear.MAX_STACK_BYTES:
+            plan = [tuple(packed_linear.pack(w) for w in layer) for layer in plan]
+        # a packed copy does not follow in-place updates of the weights: watch their versions too
+        copies = any(type(w) is packed_linear.PackedWeight for layer in plan for w in layer)
+        self._plan = (tuple(plan), stamp(weights, versions=copies), copies, pack)
         return True
+
+    def packed(self) -> bool:
+        """Whether the stacked layers multiply from oneDNN-packed weights (:meth:`fuse` with ``pack``)."""
+        plan = self.__dict__.get("_plan")
+        return plan is not None and plan[2]
 
     def _projection_weights(self) -> list[torch.Tensor]:
         weights = [getattr(lay.self_attn, n).weight for lay in self.layers for n in (*QKV, "o_proj")]
         return weights + [getattr(lay.mlp, n).weight for lay in self.layers for n in (*GATE_UP, "down_proj")]
 
     def _fused_plan(self):
-        """The stacked weights while every projection still views them (not after a move or a replaced weight;
-        an in-place update changes the views and the stacked tensor alike)."""
+        """The stacked (or packed) weights while every projection is unchanged: the same tensors, still viewing the
+        stacked ones (not after a move or a replaced weight; an in-place update changes the views and the stacked
+        tensor alike) and, where packed copies are kept, not updated in place since they were made."""
         plan = self.__dict__.get("_plan")
         if plan is None:
             return None
         if torch.compiler.is_compiling():  # traced once per graph (data_ptr would break it); fuse() again after a move
             return plan[0]
-        return plan[0] if still_unchanged(plan[1], self._projection_weights, versions=False) else None
+        return plan[0] if still_unchanged(plan[1], self._projection_weights, versions=plan[2]) else None
 
     def _stack(self, h, c, scales, key_mask):
         plan = self._fused_plan()
