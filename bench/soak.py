@@ -5,6 +5,9 @@ Sessions run back to back (each ``--session-s`` long, then ``session.end`` and a
 sessions. RSS growth = last sample / the sample at ``--settle-s`` (after the first sessions allocated) - 1.
 
   python bench/soak.py [--processor identity|tiny] [--sessions 6] [--seconds 330] [--out bench/results/soak.json]
+
+``--processor tiny`` serves the tiny reference-layout Metis models on the CPU with the tests' fewer decoding steps,
+or with the model directory's own streaming settings under ``--default-steps`` (what a deployment runs).
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=330.0)
     ap.add_argument("--session-s", type=float, default=20.0)
     ap.add_argument("--settle-s", type=float, default=30.0)
+    ap.add_argument("--default-steps", action="store_true", help="tiny: the model's streaming settings, not fewer")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
     args = ap.parse_args()
     extra = ("--max-sessions", str(args.sessions)) if args.processor == "identity" else ("--max-sessions", "16")
-    server = ServerProcess(args.processor, extra)
+    load_at_start = os.getloadavg()
+    server = ServerProcess(args.processor, extra, fast_steps=not args.default_steps)
     started = time.perf_counter()
     rss: list[tuple[float, float]] = []
     stop = threading.Event()
@@ -72,8 +77,10 @@ def main() -> None:
     settled = next((mb for t, mb in rss if t >= args.settle_s), rss[0][1])
     errors = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
     report = {
-        "machine": f"{platform.platform()}, 2-core Xeon VM shared with other engineers' jobs, 23 GiB, no GPU",
+        "machine": f"{platform.platform()}, {_cpu_model()}, {os.cpu_count()} cores",
+        "load_average_at_start": load_at_start,
         "processor": args.processor,
+        "decoding_steps": "the model's streaming settings" if args.default_steps else "the tests' fewer steps",
         "wall_s": round(time.perf_counter() - started, 1),
         "load_average_at_end": os.getloadavg(),
         "probe_session_exact": probe.paced_exact == 1,
@@ -89,11 +96,25 @@ def main() -> None:
         "rss_samples": rss,
         "server_log_error_lines": len(errors),
         "health_after": {k: health[k] for k in ("sessions", "capacity_sessions", "capacity_measured")},
-        "steps_note": "identity processor: the server's plumbing without a model (see bench/RESULTS.md)",
+        "steps_note": (
+            "identity processor: the server's plumbing without a model (see bench/RESULTS.md)"
+            if args.processor == "identity"
+            else "tiny: metis-rt serve --engine metis --device cpu over tests/data/parity/se, 1 engine thread"
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "rss_samples"}, indent=2))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
