@@ -57,8 +57,8 @@ WINDOW_FRAMES = 100  # rows of one default window at 50 Hz (1600 ms left context
 PROBE_BATCHES = (1, 8)  # windows per probe step: the work sizes a plan distinguishes
 PLAN_FILE = "thread-plans.json"
 # Part of every plan's key: plans kept by an earlier version were measured under other conditions (version 1: with
-# numpy's BLAS spinning beside torch, see above) and are measured again.
-PLAN_VERSION = 2
+# numpy's BLAS spinning beside torch, see above; version 2: before the oneDNN-packed weights) and are measured again.
+PLAN_VERSION = 3
 
 Probe = Callable[[], float]  # runs one engine step, returns its seconds
 
