@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.server_process import ServerProcess  # noqa: E402
+from metis_rt.models.thread_choice import cpu_model  # noqa: E402
 from tests.hostile import HostileRun  # noqa: E402
 
 
@@ -77,7 +78,7 @@ def main() -> None:
     settled = next((mb for t, mb in rss if t >= args.settle_s), rss[0][1])
     errors = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
     report = {
-        "machine": f"{platform.platform()}, {_cpu_model()}, {os.cpu_count()} cores",
+        "machine": f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} cores",
         "load_average_at_start": load_at_start,
         "processor": args.processor,
         "decoding_steps": "the model's streaming settings" if args.default_steps else "the tests' fewer steps",
@@ -105,16 +106,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "rss_samples"}, indent=2))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from metis_rt.audio.files import resample  # noqa: E402
 from metis_rt.config import ModelConfig, load_official_config  # noqa: E402
 from metis_rt.model_settings import check_codebooks, load_official_for, load_stream_config_for  # noqa: E402
+from metis_rt.models.thread_choice import cpu_model  # noqa: E402
 from metis_rt.pipeline.components import load_components, parse_dtype, random_components, resolve_config  # noqa: E402
 from metis_rt.streaming.config import EngineConfig, StepsConfig, load_stream_config, stream_decoding  # noqa: E402
 from metis_rt.streaming.engine import Engine  # noqa: E402
@@ -102,6 +103,7 @@ def machine_info(**extra) -> dict:
     return {
         "platform": platform.platform(),
         "processor": platform.processor(),
+        "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

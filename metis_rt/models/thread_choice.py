@@ -218,7 +218,7 @@ def architecture_key(comps) -> tuple:
 
 def plan_key(*parts) -> str:
     """A stable key for a plan: ``parts`` (architecture, settings) plus this machine's CPU, cores and torch."""
-    machine = (platform.machine(), _cpu_model(), os.cpu_count(), DEFAULT_THREADS, torch.__version__)
+    machine = (platform.machine(), cpu_model(), os.cpu_count(), DEFAULT_THREADS, torch.__version__)
     return hashlib.sha256(repr((PLAN_VERSION, machine, parts)).encode()).hexdigest()[:32]
 
 
@@ -227,7 +227,7 @@ def plan_file() -> Path:
     return Path(os.environ.get("METIS_RT_CACHE_DIR") or Path.home() / ".cache" / "metis-rt") / PLAN_FILE
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
