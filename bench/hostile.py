@@ -7,6 +7,9 @@ long echoes, paced sessions exact / run, and the server's RSS before and after a
 1 MiB junk messages from clients that never read (written limit: docs/security.md, "Memory per connection").
 
   python bench/hostile.py [--processor tiny|identity] [--cases 3000] [--seed 18] [--paced 2] [--flood-mib 320]
+
+``--processor tiny`` runs the tests' fewer decoding steps, or the model directory's own streaming settings under
+``--default-steps`` (what a deployment runs).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.server_process import ServerProcess  # noqa: E402
+from metis_rt.models.thread_choice import cpu_model  # noqa: E402
 from tests.hostile import START, HostileRun  # noqa: E402
 
 FLOOD_MESSAGE_BYTES = 1 << 20
@@ -60,9 +64,11 @@ def main() -> None:
     ap.add_argument("--flood-mib", type=int, default=320)
     ap.add_argument("--flood-rounds", type=int, default=1, help="repeat the flood (RSS after each)")
     ap.add_argument("--processor", choices=["tiny", "identity"], default="tiny", help="see bench/server_process.py")
+    ap.add_argument("--default-steps", action="store_true", help="tiny: the model's streaming settings, not fewer")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hostile.json")
     args = ap.parse_args()
-    server = ServerProcess(args.processor)
+    load_at_start = os.getloadavg()
+    server = ServerProcess(args.processor, fast_steps=not args.default_steps)
     started = time.perf_counter()
     try:
         rss_start = server.rss_mb()
@@ -96,10 +102,12 @@ def main() -> None:
         log = server.stop()
     errors = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
     report = {
-        "machine": f"{platform.platform()}, 2-core Xeon VM shared with other engineers' jobs, 23 GiB, no GPU",
+        "machine": f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} cores",
         "wall_s": round(time.perf_counter() - started, 1),
+        "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
         "processor": args.processor,
+        "decoding_steps": "the model's streaming settings" if args.default_steps else "the tests' fewer steps",
         **total.as_dict(),
         "server_alive_at_end": alive,
         "server_log_error_lines": len(errors),
