@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.server_process import ServerProcess  # noqa: E402
-from metis_rt.models.thread_choice import cpu_model  # noqa: E402
+from bench.streaming import machine_info  # noqa: E402
 from tests.hostile import START, HostileRun  # noqa: E402
 
 FLOOD_MESSAGE_BYTES = 1 << 20
@@ -102,7 +101,7 @@ def main() -> None:
         log = server.stop()
     errors = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
     report = {
-        "machine": f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} cores",
+        "machine": machine_info(),
         "wall_s": round(time.perf_counter() - started, 1),
         "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.server_process import ServerProcess  # noqa: E402
-from metis_rt.models.thread_choice import cpu_model  # noqa: E402
+from bench.streaming import machine_info  # noqa: E402
 from tests.hostile import HostileRun  # noqa: E402
 
 
@@ -78,7 +77,7 @@ def main() -> None:
     settled = next((mb for t, mb in rss if t >= args.settle_s), rss[0][1])
     errors = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
     report = {
-        "machine": f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} cores",
+        "machine": machine_info(),
         "load_average_at_start": load_at_start,
         "processor": args.processor,
         "decoding_steps": "the model's streaming settings" if args.default_steps else "the tests' fewer steps",

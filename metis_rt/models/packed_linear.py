@@ -54,20 +54,16 @@ def supported() -> bool:
         return False
 
 
-def packable(weight: torch.Tensor) -> bool:
-    """Whether :func:`pack` would pack ``weight`` (its device, dtype and shape; oneDNN present)."""
-    return (
+def pack(weight: torch.Tensor) -> torch.Tensor | PackedWeight:
+    """``weight`` in oneDNN's layout where that pays (a float32 CPU matrix at least :data:`MIN_SIDE` on both sides,
+    oneDNN present), else ``weight`` itself."""
+    wide_float32_cpu = (
         weight.dim() == 2
         and weight.device.type == "cpu"
         and weight.dtype == torch.float32
         and min(weight.shape) >= MIN_SIDE
-        and supported()
     )
-
-
-def pack(weight: torch.Tensor) -> torch.Tensor | PackedWeight:
-    """``weight`` in oneDNN's layout where that pays (:func:`packable`), else ``weight`` itself."""
-    if not packable(weight):
+    if not (wide_float32_cpu and supported()):
         return weight
     with torch.inference_mode(False), torch.no_grad():
         return PackedWeight(weight, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT))

@@ -210,10 +210,12 @@ def describe(medians: dict[int, float]) -> str:
 
 
 def architecture_key(comps) -> tuple:
-    """What the models' speed depends on: every parameter's shape, the stage-1 models loaded, device, dtype."""
+    """What the models' speed depends on: every parameter's shape, the stage-1 models loaded, device, dtype, and
+    which transformer stacks multiply from packed weights (:meth:`DiffusionTransformer.fuse`)."""
     parts = [comps.ssl, comps.acoustic_codec, comps.s2a_1layer, comps.s2a_full, *comps.stage1.values()]
     shapes = tuple((i, name, tuple(p.shape)) for i, part in enumerate(parts) for name, p in part.named_parameters())
-    return (str(comps.device), str(comps.ssl.mean.dtype), shapes, tuple(comps.stage1))
+    packed = tuple(model.diff_estimator.packed() for model in parts[2:])
+    return (str(comps.device), str(comps.ssl.mean.dtype), shapes, tuple(comps.stage1), packed)
 
 
 def plan_key(*parts) -> str:

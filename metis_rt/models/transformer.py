@@ -22,6 +22,7 @@ passes, two attention calls. :meth:`DiffusionTransformer.guided_rows` is what ``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -158,6 +159,17 @@ def _fused_layer(h, weights, scales, rope, key_mask, heads: int, eps: float, spl
     return h + linear(F.silu(gate) * up, down_w)
 
 
+@dataclass(frozen=True)
+class StackPlan:
+    """What :meth:`DiffusionTransformer.fuse` made: per layer (qkv, o, gate_up, down), each a tensor or a
+    :class:`~metis_rt.models.packed_linear.PackedWeight`, and the stamp of the module weights they came from."""
+
+    layers: tuple[tuple, ...]
+    stamp: tuple
+    packed: bool  # some weights are packed copies (the stamp then watches versions too)
+    pack_asked: bool  # fuse()'s ``pack``: fusing again with the same ask is a no-op
+
+
 class AdaptiveRMSNorm(nn.Module):
     """RMSNorm whose scale is a linear function of the condition vector ``c`` [B, dim_cond]."""
 
@@ -259,6 +271,7 @@ class DiffusionTransformer(nn.Module):
         self.cond_mlp = mlp_block(hidden_size) if with_cond_mlp else None
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._condition_cache: dict[tuple, tuple] = {}
+        self._plan: StackPlan | None = None  # set by fuse()
 
     def step_condition(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """t: [B] -> c [B, H]."""
@@ -322,10 +335,9 @@ class DiffusionTransformer(nn.Module):
         (:mod:`metis_rt.models.packed_linear`; float32 on a CPU, small enough stacks). Returns whether the stacked
         path is in use. Fusing fused weights again with the same ``pack`` is a no-op.
         """
-        current = self.__dict__.get("_plan")
-        if on and current is not None and current[3] == pack and self._fused_plan() is not None:
+        if on and self._plan is not None and self._plan.pack_asked == pack and self._fused_plan() is not None:
             return True
-        self.__dict__.pop("_plan", None)
+        self._plan = None
         if not on:
             return False
         plan = []
@@ -340,13 +352,12 @@ class DiffusionTransformer(nn.Module):
             plan = [tuple(packed_linear.pack(w) for w in layer) for layer in plan]
         # a packed copy does not follow in-place updates of the weights: watch their versions too
         copies = any(type(w) is packed_linear.PackedWeight for layer in plan for w in layer)
-        self._plan = (tuple(plan), stamp(weights, versions=copies), copies, pack)
+        self._plan = StackPlan(tuple(plan), stamp(weights, versions=copies), copies, pack)
         return True
 
     def packed(self) -> bool:
         """Whether the stacked layers multiply from oneDNN-packed weights (:meth:`fuse` with ``pack``)."""
-        plan = self.__dict__.get("_plan")
-        return plan is not None and plan[2]
+        return self._plan is not None and self._plan.packed
 
     def _projection_weights(self) -> list[torch.Tensor]:
         weights = [getattr(lay.self_attn, n).weight for lay in self.layers for n in (*QKV, "o_proj")]
@@ -356,12 +367,12 @@ class DiffusionTransformer(nn.Module):
         """The stacked (or packed) weights while every projection is unchanged: the same tensors, still viewing the
         stacked ones (not after a move or a replaced weight; an in-place update changes the views and the stacked
         tensor alike) and, where packed copies are kept, not updated in place since they were made."""
-        plan = self.__dict__.get("_plan")
+        plan = self._plan
         if plan is None:
             return None
         if torch.compiler.is_compiling():  # traced once per graph (data_ptr would break it); fuse() again after a move
-            return plan[0]
-        return plan[0] if still_unchanged(plan[1], self._projection_weights, versions=plan[2]) else None
+            return plan.layers
+        return plan.layers if still_unchanged(plan.stamp, self._projection_weights, versions=plan.packed) else None
 
     def _stack(self, h, c, scales, key_mask):
         plan = self._fused_plan()

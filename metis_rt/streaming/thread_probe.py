@@ -53,8 +53,7 @@ def thread_plan(processor, probe: ProbeSettings | None = None) -> ThreadPlan | N
         return None
     probe = probe or ProbeSettings()
     settings = stream_decoding(probe.official, task, probe.stream.steps_for(task))
-    packed = processor.speed.fast_path and processor.speed.packed_weights  # the products the hop runs
-    key = plan_key(architecture_key(processor.comps), task, settings, probe.stream.geometry, packed)
+    key = plan_key(architecture_key(processor.comps), task, settings, probe.stream.geometry)
     measure = partial(measured_plan, key, partial(probe_step, processor, task, settings, probe.stream.geometry))
     return resolve_threads(setting, device, measure)
 
