@@ -9,7 +9,8 @@ the eager fast path; ``compiled``: ``torch.compile`` of the stacks and w2v-BERT,
 point that is not real time; points that would start after ``--budget-s`` are recorded as skipped. Results are
 written after every point: ``gpu_check.json`` and ``gpu_check.md`` in ``--out``.
 
-``--dry-run``: the same code path on the CPU with the tiny parity models in float32, 1 and 2 streams, one measured
+``--dry-run``: the same code path on the CPU with the tiny parity models, in bf16 like the GPU run unless ``--dtype``
+says otherwise (so a bf16 fault shows here, not in a GPU run's few minutes), 1 and 2 streams, one measured
 hop, short left contexts (few warm-up hops), no stop at late points, and ``compiled`` capturing graphs without code
 generation (``compile_backend="eager"``): tests/test_gpu_check.py runs it.
 """
@@ -64,7 +65,7 @@ class Plan:
 def plan(dry_run: bool, args) -> Plan:
     if dry_run:
         modes = {"eager": HopSpeed(compile="never"), "compiled": HopSpeed(compile="always", compile_backend="eager")}
-        return Plan("cpu", "tiny", "float32", (1, 2), 1, modes, DRY_RUN_GEOMETRIES, False)
+        return Plan("cpu", "tiny", args.dtype, (1, 2), 1, modes, DRY_RUN_GEOMETRIES, False)
     modes = {"eager": HopSpeed(compile="never"), "compiled": HopSpeed(compile="always", cuda_graphs=True)}
     streams = tuple(int(v) for v in args.streams.split(",")) if args.streams else STREAMS
     return Plan(args.device, "official", args.dtype, streams, args.hops, modes, GEOMETRIES, True)

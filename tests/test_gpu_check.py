@@ -25,6 +25,7 @@ def test_gpu_check_dry_run_writes_every_point_as_json_and_markdown(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["machine"]["dry_run"] and result["machine"]["size"] == "tiny"
+    assert result["machine"]["dtype"] == "bfloat16"  # the GPU run's dtype, met here first
     rows = result["rows"]
     points = {(r["geometry"].split()[0], r["mode"], r["streams"]) for r in rows}
     assert points == {(g, m, n) for g in ("default", "low-latency") for m in ("eager", "compiled") for n in (1, 2)}
