@@ -7,7 +7,9 @@ the eager fast path; ``compiled``: ``torch.compile`` of the stacks and w2v-BERT,
 1, 8, 16, 32, 48, 64 are fed one chunk each and the engine runs one batched step per hop (``bench/streaming.py``'s
 ``measure``). Per point: hop p50/p99, real time (p99 < chunk), peak GPU memory. A mode stops growing N at its first
 point that is not real time; points that would start after ``--budget-s`` are recorded as skipped. Results are
-written after every point: ``gpu_check.json`` and ``gpu_check.md`` in ``--out``.
+written after every point: ``gpu_check.json`` and ``gpu_check.md`` in ``--out``. ``--modes`` and ``--geometries``
+take a subset (a second call after a compile that ate the budget: ``--modes compiled``; the official sizes on a CPU:
+``--device cpu --streams 1 --hops 2 --modes eager --geometries low-latency``).
 
 ``--dry-run``: the same code path on the CPU with the tiny parity models, in bf16 like the GPU run unless ``--dtype``
 says otherwise (so a bf16 fault shows here, not in a GPU run's few minutes), 1 and 2 streams, one measured
@@ -18,6 +20,7 @@ generation (``compile_backend="eager"``): tests/test_gpu_check.py runs it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -65,10 +68,25 @@ class Plan:
 def plan(dry_run: bool, args) -> Plan:
     if dry_run:
         modes = {"eager": HopSpeed(compile="never"), "compiled": HopSpeed(compile="always", compile_backend="eager")}
-        return Plan("cpu", "tiny", args.dtype, (1, 2), 1, modes, DRY_RUN_GEOMETRIES, False)
-    modes = {"eager": HopSpeed(compile="never"), "compiled": HopSpeed(compile="always", cuda_graphs=True)}
-    streams = tuple(int(v) for v in args.streams.split(",")) if args.streams else STREAMS
-    return Plan(args.device, "official", args.dtype, streams, args.hops, modes, GEOMETRIES, True)
+        full = Plan("cpu", "tiny", args.dtype, (1, 2), 1, modes, DRY_RUN_GEOMETRIES, False)
+    else:
+        modes = {"eager": HopSpeed(compile="never"), "compiled": HopSpeed(compile="always", cuda_graphs=True)}
+        streams = tuple(int(v) for v in args.streams.split(",")) if args.streams else STREAMS
+        full = Plan(args.device, "official", args.dtype, streams, args.hops, modes, GEOMETRIES, True)
+    return dataclasses.replace(
+        full,
+        modes=chosen(full.modes, args.modes, "--modes"),
+        geometries=chosen(full.geometries, args.geometries, "--geometries"),
+    )
+
+
+def chosen(options: dict, names: str, flag: str) -> dict:
+    """The entries of ``options`` that comma-separated ``names`` picks, in their order (all for an empty string)."""
+    picked = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in picked if name not in options]
+    if unknown:
+        raise SystemExit(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(options)})")
+    return {name: options[name] for name in picked} if picked else dict(options)
 
 
 def synthetic_speech(seconds: int, rate: int = 16000) -> np.ndarray:
@@ -190,6 +208,8 @@ def main(argv: list[str] | None = None) -> Report:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--streams", default="", help=f"comma-separated (default {','.join(map(str, STREAMS))})")
     ap.add_argument("--hops", type=int, default=5, help="measured steady-state hops per point")
+    ap.add_argument("--modes", default="", help="comma-separated subset of eager,compiled (default both)")
+    ap.add_argument("--geometries", default="", help="comma-separated subset of default,low-latency (default both)")
     ap.add_argument("--budget-s", type=float, default=400.0, help="no point starts after this many seconds")
     return run(ap.parse_args(argv))
 
