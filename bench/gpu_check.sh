@@ -14,12 +14,14 @@ set -euo pipefail
 out=${1:?usage: bash bench/gpu_check.sh OUT_DIR [--dry-run] [options]}
 shift
 cd "$(dirname "$0")/.."
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+python=${PYTHON:-python3}
+# carried wheels (cp312, for the device image) only where the interpreter lacks what they bring
+if compgen -G ".whl/*.whl" > /dev/null && ! "$python" -c "import soxr, soundfile" 2> /dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p "$out"
 if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" || true; fi
-timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT_S:-480}" "${PYTHON:-python3}" bench/gpu_check.py --out "$out" "$@" \
+timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT_S:-480}" "$python" bench/gpu_check.py --out "$out" "$@" \
   2>&1 | tee "$out/gpu_check.log"
