@@ -9,6 +9,7 @@ from metis_rt.models.hop_speed import BASELINE, HopSpeed, apply_hop_speed
 from metis_rt.models.s2a import S2AModel
 from metis_rt.models.stage1 import Stage1Inputs, Stage1Model
 from metis_rt.models.transformer import DiffusionTransformer, guide
+from metis_rt.pipeline.components import MetisComponents
 
 
 def _spread(model: torch.nn.Module, dtype=torch.float64) -> torch.nn.Module:
@@ -145,6 +146,8 @@ def stand_in_components():
     """A stand-in for MetisComponents with only what apply_hop_speed touches (one S2A model in both slots)."""
 
     class Comps:
+        generative_models = MetisComponents.generative_models  # the real enumeration of the stacks
+
         def __init__(self, s2a):
             self.stage1, self.s2a_1layer, self.s2a_full, self.device = {}, s2a, s2a, torch.device("cpu")
             self.ssl = type("Ssl", (), {"encoder": torch.nn.Identity()})()

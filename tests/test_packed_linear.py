@@ -106,9 +106,11 @@ def test_stacks_over_the_memory_cap_keep_one_copy(monkeypatch):
 def test_hop_speed_packs_on_the_fast_path_only():
     assert HopSpeed().packed_weights and not BASELINE.packed_weights
     from metis_rt.models.hop_speed import apply_hop_speed
+    from metis_rt.pipeline.components import MetisComponents
 
     class Chain:  # the parts apply_hop_speed touches
         device = torch.device("cpu")
+        generative_models = MetisComponents.generative_models  # the real enumeration of the stacks
 
         def __init__(self):
             self.stage1 = {}

@@ -88,8 +88,7 @@ def apply_hop_speed(comps, speed: HopSpeed) -> list[str]:
     Returns the names of the parts that now run compiled. Calling it again with another setting replaces the
     previous one (a stack compiled before runs eager again under ``compile="never"``).
     """
-    stacks = {f"stage1.{name}": model for name, model in comps.stage1.items()}
-    stacks.update({"s2a_1layer": comps.s2a_1layer, "s2a_full": comps.s2a_full})
+    stacks = comps.generative_models()
     compiled = []
     use_compile = speed.compiles(comps.device)
     graphs = use_compile and speed.cuda_graphs and torch.device(comps.device).type == "cuda"

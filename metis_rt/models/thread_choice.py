@@ -212,9 +212,10 @@ def describe(medians: dict[int, float]) -> str:
 def architecture_key(comps) -> tuple:
     """What the models' speed depends on: every parameter's shape, the stage-1 models loaded, device, dtype, and
     which transformer stacks multiply from packed weights (:meth:`DiffusionTransformer.fuse`)."""
-    parts = [comps.ssl, comps.acoustic_codec, comps.s2a_1layer, comps.s2a_full, *comps.stage1.values()]
+    generative = list(comps.generative_models().values())
+    parts = [comps.ssl, comps.acoustic_codec, *generative]
     shapes = tuple((i, name, tuple(p.shape)) for i, part in enumerate(parts) for name, p in part.named_parameters())
-    packed = tuple(model.diff_estimator.packed() for model in parts[2:])
+    packed = tuple(model.diff_estimator.packed() for model in generative)
     return (str(comps.device), str(comps.ssl.mean.dtype), shapes, tuple(comps.stage1), packed)
 
 

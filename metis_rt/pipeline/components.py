@@ -133,6 +133,12 @@ class MetisComponents:
     dtype: torch.dtype = torch.float32
     device: torch.device = torch.device("cpu")
 
+    def generative_models(self) -> dict[str, Stage1Model | S2AModel]:
+        """The masked generative models (each runs a ``diff_estimator`` transformer stack), by name:
+        ``s2a_1layer``, ``s2a_full``, then ``stage1.<variant>`` per loaded variant."""
+        stage1 = {f"stage1.{name}": model for name, model in self.stage1.items()}
+        return {"s2a_1layer": self.s2a_1layer, "s2a_full": self.s2a_full, **stage1}
+
 
 def load_components(
     model_dir: str | Path,
